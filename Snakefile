@@ -1,0 +1,28 @@
+# mathsft: distil math reasoning from a teacher LLM into a student LLM.
+#   snakemake -n results/eval.json                        what would run, and why
+#   snakemake --profile profiles/default results/eval.json    the embedded default on this machine
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, schema="config/config.schema.yaml")
+
+
+include: "rules/common.smk"
+include: "rules/models.smk"
+include: "rules/data.smk"
+include: "rules/teacher.smk"
+include: "rules/reward.smk"
+include: "rules/curate.smk"
+include: "rules/train.smk"
+include: "rules/evaluate.smk"
+
+
+rule all:
+    input:
+        "results/eval.json",
+    default_target: True

@@ -1,0 +1,74 @@
+"""Command-line options shared by the scripts that sample from a model (teacher and evaluation)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+from mathsft.generate import ClientSettings, Sampling
+from mathsft.serve import serving
+
+
+def setup_logging() -> None:
+    """One format for every script's log; the HTTP client's per-request lines are left out."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def add_sampling_args(parser: argparse.ArgumentParser, samples: int, max_tokens: int) -> None:
+    group = parser.add_argument_group("sampling (changes the outputs)")
+    group.add_argument("--samples_per_problem", type=int, default=samples)
+    group.add_argument("--temperature", type=float, default=0.6)
+    group.add_argument("--top_p", type=float, default=0.95)
+    group.add_argument("--max_tokens", type=int, default=max_tokens)
+    group.add_argument("--seed", type=int, default=0, help="base seed; each request gets one derived from it")
+    group.add_argument("--prompt_template", default="boxed_cot_v1")
+
+
+def add_server_args(parser: argparse.ArgumentParser, model_required: bool = True) -> None:
+    group = parser.add_argument_group("server and client")
+    group.add_argument("--model", required=model_required, help="model path or Hugging Face id the server loads")
+    group.add_argument("--served_model_name", default=None, help="name requests use (default: --model)")
+    group.add_argument("--endpoint", default=None,
+                       help="base URL of a running OpenAI-compatible server, e.g. http://host:8000/v1; "
+                            "without it this job starts and stops its own vLLM server")
+    group.add_argument("--api_key_env", default=None, help="name of the environment variable holding the API key")
+    group.add_argument("--server_arg", action="append", default=[], help="extra vLLM server argument (repeatable)")
+    group.add_argument("--server_env", action="append", default=[], metavar="KEY=VALUE",
+                       help="environment for the vLLM server (repeatable)")
+    group.add_argument("--server_log", default=None, help="where the managed server's output goes")
+    group.add_argument("--health_timeout_s", type=float, default=600.0)
+    group.add_argument("--concurrency", type=int, default=64)
+    group.add_argument("--request_timeout_s", type=float, default=600.0)
+    group.add_argument("--max_attempts", type=int, default=5)
+    group.add_argument("--max_failed_fraction", type=float, default=0.0)
+
+
+def sampling_from_args(args) -> Sampling:
+    return Sampling(args.samples_per_problem, args.temperature, args.top_p, args.max_tokens, args.seed)
+
+
+def client_settings_from_args(args) -> ClientSettings:
+    return ClientSettings(concurrency=args.concurrency, request_timeout_s=args.request_timeout_s,
+                          max_attempts=args.max_attempts, max_failed_fraction=args.max_failed_fraction)
+
+
+def api_key_from_args(args) -> str | None:
+    if not args.api_key_env:
+        return None
+    if args.api_key_env not in os.environ:
+        raise SystemExit(f"--api_key_env names {args.api_key_env!r}, which is not set in the environment")
+    return os.environ[args.api_key_env]
+
+
+def serving_from_args(args, default_log: str) -> serving:
+    env = {}
+    for item in args.server_env:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--server_env {item!r}: expected KEY=VALUE")
+        env[key] = value
+    args.served_model_name = args.served_model_name or args.model
+    return serving(args.model, args.served_model_name, args.endpoint, args.server_log or default_log,
+                   args.server_arg, env, args.health_timeout_s)

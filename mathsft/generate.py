@@ -1,0 +1,163 @@
+"""Sampling from an OpenAI-compatible server: an async client with bounded concurrency, per-request seeds,
+retries with backoff on transient failures. Shared by teacher generation and evaluation."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from mathsft.prompts import build_messages
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """What is sampled: these values change the outputs, so they are stored with every record."""
+
+    samples_per_problem: int
+    temperature: float
+    top_p: float
+    max_tokens: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """How requests are made: these change speed and robustness, not the outputs."""
+
+    concurrency: int = 64
+    request_timeout_s: float = 600.0
+    max_attempts: int = 5
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 60.0
+    max_failed_fraction: float = 0.0
+
+
+class GenerationFailed(RuntimeError):
+    """More samples failed than the configured fraction allows."""
+
+
+def request_seed(base_seed: int, problem_id: str, sample_index: int) -> int:
+    """A per-request seed from (base seed, problem, sample): stable under resumption and reordering."""
+    digest = hashlib.sha256(f"{base_seed}:{problem_id}:{sample_index}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def _is_transient(exc: BaseException) -> bool:
+    import openai
+
+    if isinstance(exc, (openai.APIConnectionError, openai.APITimeoutError, asyncio.TimeoutError)):
+        return True
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code in (408, 409, 429) or exc.status_code >= 500
+    # A reply that does not parse as the API's JSON is a transient server fault, not a response.
+    return isinstance(exc, (json.JSONDecodeError, openai.APIResponseValidationError))
+
+
+async def _sample_one(client, semaphore, model: str, row: dict, sample_index: int, template: str,
+                      sampling: Sampling, settings: ClientSettings) -> dict[str, Any]:
+    messages = build_messages(row["problem"], template)
+    seed = request_seed(sampling.seed, row["problem_id"], sample_index)
+    record = {
+        "problem_id": row["problem_id"], "source": row["source"], "problem": row["problem"],
+        "answer": row["answer"], "sample_index": sample_index, "messages": json.dumps(messages),
+        "model": model, "prompt_template": template, "temperature": sampling.temperature,
+        "top_p": sampling.top_p, "max_tokens": sampling.max_tokens, "seed": seed,
+    }
+    async with semaphore:
+        for attempt in range(1, settings.max_attempts + 1):
+            started = time.monotonic()
+            try:
+                reply = await client.chat.completions.create(
+                    model=model, messages=messages, temperature=sampling.temperature, top_p=sampling.top_p,
+                    max_tokens=sampling.max_tokens, seed=seed, n=1, timeout=settings.request_timeout_s,
+                )
+                choice = reply.choices[0]
+                if choice.message.content is None or reply.usage is None:
+                    raise ValueError("reply has no message content or no usage")
+                return record | {
+                    "response": choice.message.content, "finish_reason": choice.finish_reason,
+                    "prompt_tokens": reply.usage.prompt_tokens, "completion_tokens": reply.usage.completion_tokens,
+                    "latency_s": time.monotonic() - started, "error": None,
+                }
+            except Exception as exc:  # classified below; never stored as a response
+                if not _is_transient(exc) or attempt == settings.max_attempts:
+                    log.warning("sample %s/%d failed after %d attempt(s): %r", row["problem_id"], sample_index, attempt, exc)
+                    return record | {"error": f"{type(exc).__name__}: {exc}"}
+                delay = min(settings.backoff_max_s, settings.backoff_base_s * 2 ** (attempt - 1))
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # jitter spreads retries of a burst
+    raise AssertionError("unreachable")
+
+
+async def _sample_all(base_url, api_key, model, rows, template, sampling, settings, check_alive, progress):
+    import openai
+
+    # Our own retry loop counts failures; the client's built-in retries would hide them.
+    client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "EMPTY", max_retries=0,
+                                timeout=settings.request_timeout_s)
+    semaphore = asyncio.Semaphore(settings.concurrency)
+    tasks = [
+        asyncio.ensure_future(_sample_one(client, semaphore, model, row, k, template, sampling, settings))
+        for row in rows for k in range(sampling.samples_per_problem)
+    ]
+    results = []
+    try:
+        pending = set(tasks)
+        while pending:
+            done, pending = await asyncio.wait(pending, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                results.append(task.result())
+                progress(results[-1])
+            if check_alive is not None:
+                check_alive()  # a server that died mid-shard fails the job now, with its log, not after timeouts
+    finally:
+        for task in tasks:
+            task.cancel()
+        await client.close()
+    return results
+
+
+def sample(rows: list[dict], base_url: str, model: str, template: str, sampling: Sampling,
+           settings: ClientSettings, api_key: str | None = None,
+           check_alive: Callable[[], None] | None = None) -> tuple[list[dict], dict[str, Any]]:
+    """Sample `samples_per_problem` responses for each problem row. Returns the successful records,
+    ordered by (problem order, sample index), and a summary; raises GenerationFailed when more than
+    `max_failed_fraction` of the samples failed."""
+    from tqdm import tqdm
+
+    total = len(rows) * sampling.samples_per_problem
+    started = time.monotonic()
+    bar = tqdm(total=total, desc="samples", unit="req", mininterval=5.0)
+    tokens = 0
+
+    def progress(record):
+        nonlocal tokens
+        tokens += record.get("completion_tokens") or 0
+        bar.update(1)
+        bar.set_postfix(tok_s=f"{tokens / max(time.monotonic() - started, 1e-9):.1f}", refresh=False)
+
+    results = asyncio.run(_sample_all(base_url, api_key, model, rows, template, sampling, settings, check_alive, progress))
+    bar.close()
+    order = {row["problem_id"]: i for i, row in enumerate(rows)}
+    results.sort(key=lambda r: (order[r["problem_id"]], r["sample_index"]))
+    failed = [r for r in results if r["error"] is not None]
+    ok = [{k: v for k, v in r.items() if k != "error"} for r in results if r["error"] is None]
+    elapsed = time.monotonic() - started
+    summary = {
+        "requested": total, "succeeded": len(ok), "failed": len(failed), "elapsed_s": round(elapsed, 2),
+        "completion_tokens": tokens, "output_tokens_per_s": round(tokens / max(elapsed, 1e-9), 2),
+        "finish_length": sum(r["finish_reason"] == "length" for r in ok),
+    }
+    if total and len(failed) / total > settings.max_failed_fraction:
+        raise GenerationFailed(
+            f"{len(failed)} of {total} samples failed (max_failed_fraction {settings.max_failed_fraction}); "
+            f"first error: {failed[0]['error']}"
+        )
+    return ok, summary

@@ -1,0 +1,102 @@
+"""Parquet schemas shared by the stages, and atomic writes of parquet and JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+PROBLEM_SCHEMA = pa.schema(
+    [
+        ("problem_id", pa.string()),  # content hash of the normalised problem text
+        ("source", pa.string()),  # dataset or generator name
+        ("problem", pa.string()),
+        ("answer", pa.string()),  # gold answer, wrapped in $...$ where it was bare
+    ]
+)
+
+_SAMPLE_FIELDS = [
+    ("problem_id", pa.string()),
+    ("source", pa.string()),
+    ("problem", pa.string()),
+    ("answer", pa.string()),
+    ("sample_index", pa.int32()),
+    ("messages", pa.string()),  # JSON list of the chat messages sent
+    ("response", pa.string()),
+    ("finish_reason", pa.string()),
+    ("prompt_tokens", pa.int32()),
+    ("completion_tokens", pa.int32()),
+    ("model", pa.string()),
+    ("prompt_template", pa.string()),
+    ("temperature", pa.float64()),
+    ("top_p", pa.float64()),
+    ("max_tokens", pa.int32()),
+    ("seed", pa.int64()),  # per-request seed
+    ("latency_s", pa.float64()),
+]
+
+TRAJECTORY_SCHEMA = pa.schema(_SAMPLE_FIELDS)
+
+_SCORE_FIELDS = [
+    ("extracted_answer", pa.string()),
+    ("reward", pa.float64()),
+    ("verifier_status", pa.string()),  # correct | wrong | no_answer | timeout | error
+]
+
+SCORED_SCHEMA = pa.schema(_SAMPLE_FIELDS + _SCORE_FIELDS)
+
+_EVAL_FIELDS = [("evaluated_model", pa.string()), ("benchmark", pa.string())]
+
+EVAL_GENERATION_SCHEMA = pa.schema(_EVAL_FIELDS + _SAMPLE_FIELDS)
+
+EVAL_SCHEMA = pa.schema(_EVAL_FIELDS + _SAMPLE_FIELDS + _SCORE_FIELDS)
+
+# What the reward stage reads and writes, by kind of samples.
+SCORING_SCHEMAS = {"teacher": (TRAJECTORY_SCHEMA, SCORED_SCHEMA), "eval": (EVAL_GENERATION_SCHEMA, EVAL_SCHEMA)}
+
+
+def write_parquet(rows: Iterable[dict[str, Any]] | pa.Table, path: str | os.PathLike, schema: pa.Schema) -> None:
+    """Write rows (dicts or a table) with `schema` to `path` atomically: a temporary name, then rename."""
+    table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(list(rows), schema=schema)
+    table = table.select(schema.names).cast(schema)
+    with _atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+
+
+def read_parquet(path: str | os.PathLike, schema: pa.Schema) -> pa.Table:
+    """Read `path` and check it has every column of `schema`; the error names the file and the columns."""
+    table = pq.read_table(path)
+    missing = [name for name in schema.names if name not in table.column_names]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; is this the output of the right stage?")
+    return table.select(schema.names).cast(schema)
+
+
+def write_json(obj: Any, path: str | os.PathLike) -> None:
+    """Write `obj` as indented JSON to `path` atomically."""
+    with _atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+class _atomic_path:
+    """Context manager yielding a temporary path beside `path`; renamed onto `path` only on success."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def __enter__(self) -> str:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        os.close(fd)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            os.replace(self.tmp, self.path)
+        elif os.path.exists(self.tmp):
+            os.unlink(self.tmp)

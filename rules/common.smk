@@ -1,0 +1,104 @@
+# Helpers shared by the rules. Nothing here imports torch, vLLM or transformers: a dry run stays fast.
+import hashlib
+import json
+import math
+import os
+
+SCRIPTS = os.path.join(workflow.basedir, "scripts")
+LIBRARY = os.path.join(workflow.basedir, "mathsft")
+EMBEDDED = "embedded:"
+# For cluster runs with --sdm conda; local runs use the venv from setup.sh. Relative to rules/.
+CONDA_ENV = "../envs/mathsft.yaml"
+
+
+wildcard_constraints:
+    shard=r"\d{5}",
+    name=r"[A-Za-z0-9_.-]+",
+    model=r"[A-Za-z0-9_.-]+",
+
+
+def shard_ids():
+    """Static shards: shard k holds problems [k*S, (k+1)*S) of the seeded order."""
+    count = math.ceil(config["data"]["num_samples"] / config["data"]["shard_size"])
+    return [f"{k:05d}" for k in range(count)]
+
+
+def shard_rows(wildcards):
+    """Problems in one shard. A teacher param: the last shard reruns when it grows, full shards do not."""
+    start = int(wildcards.shard) * config["data"]["shard_size"]
+    return min(config["data"]["shard_size"], config["data"]["num_samples"] - start)
+
+
+def data_identity():
+    """The data settings that decide what a shard holds (not how many shards there are). Teacher jobs take
+    their shard as ancient() and these as a param, so raising data.num_samples, which rewrites the shard
+    files with the same rows, never regenerates existing shards."""
+    data = config["data"]
+    return {key: data[key] for key in ("source", "tasks", "benchmarks", "seed", "eval_seed", "eval_problems",
+                                       "shard_size", "decontamination_ngram", "task_options")}
+
+
+def bench_identity():
+    """The data settings that decide what the evaluation sets hold."""
+    data = config["data"]
+    return {key: data[key] for key in ("source", "benchmarks", "eval_seed", "eval_problems", "task_options")}
+
+
+def model_path(spec):
+    """Where a model spec is loaded from: embedded models are converted under results/base_models/."""
+    if spec.startswith(EMBEDDED):
+        return f"results/base_models/{spec[len(EMBEDDED):]}"
+    return spec
+
+
+def model_inputs(spec):
+    """The rule input a model spec needs: the converted folder for embedded models, nothing for hub ids."""
+    return [model_path(spec)] if spec.startswith(EMBEDDED) else []
+
+
+def sft_model_dir():
+    return f"results/models/{config['train']['run_name']}"
+
+
+def eval_model_spec(label):
+    """What evaluation label `label` serves: the student before SFT, the SFT run, or the teacher."""
+    if label == "student":
+        return model_path(config["train"]["model"])
+    if label == config["train"]["run_name"] or label == "sft":
+        return sft_model_dir()
+    if label == "teacher":
+        return model_path(config["teacher"]["model"])
+    raise ValueError(f"eval.models: unknown model {label!r}")
+
+
+def eval_model_param(wildcards):
+    return eval_model_spec(wildcards.model)
+
+
+def eval_labels():
+    return [config["train"]["run_name"] if label == "sft" else label for label in config["eval"]["models"]]
+
+
+def eval_model_input(wildcards):
+    spec = eval_model_spec(wildcards.model)
+    return [spec] if spec.startswith("results/") else []
+
+
+def server_options(section):
+    """Options for the managed vLLM server of a sampling script (or its external endpoint). A param: server
+    arguments such as --dtype change what is generated."""
+    parts = [f"--server_arg={arg}" for arg in config["server"]["args"]]
+    parts += [f"--server_env={key}={value}" for key, value in config["server"]["env"].items()]
+    endpoint = config[section].get("endpoint")
+    if endpoint:
+        parts.append(f"--endpoint {endpoint}")
+    return " ".join(parts)
+
+
+def repo_file(path):
+    """A config path: as given when it exists from the working directory, else inside the workflow."""
+    return path if os.path.isabs(path) or os.path.exists(path) else os.path.join(workflow.basedir, path)
+
+
+def config_hash():
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]

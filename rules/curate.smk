@@ -1,0 +1,22 @@
+rule curate:
+    """One DuckDB query over every scored shard: the SFT train/val sets and the funnel in stats.json."""
+    input:
+        scored=expand("results/scored/{shard}.parquet", shard=shard_ids()),
+        sql=os.path.join(LIBRARY, "sql", "curate.sql"),
+    output:
+        train="results/sft/train.parquet",
+        val="results/sft/val.parquet",
+        stats="results/sft/stats.json",
+    params:
+        reward_threshold=config["curate"]["reward_threshold"],
+        max_traces_per_problem=config["curate"]["max_traces_per_problem"],
+        val_fraction=config["curate"]["val_fraction"],
+    conda:
+        CONDA_ENV
+    log:
+        "logs/curate.log",
+    shell:
+        "python {SCRIPTS}/curate_sft.py --inputs {input.scored} --train {output.train} --val {output.val}"
+        " --stats {output.stats} --reward_threshold {params.reward_threshold}"
+        " --max_traces_per_problem {params.max_traces_per_problem} --val_fraction {params.val_fraction}"
+        " > {log} 2>&1"

@@ -1,0 +1,80 @@
+rule evaluate:
+    """Serve one model the way the teacher is served and sample n answers per benchmark problem.
+
+    Benchmarks are ancient() inputs with the data settings that decide their content as a param: adding
+    training problems rewrites the data files but never resamples an evaluation."""
+    input:
+        model=eval_model_input,
+        bench=ancient(expand("results/data/bench/{bench}.parquet", bench=config["data"]["benchmarks"])),
+    output:
+        "results/eval/generations/{model}.parquet",
+    params:
+        model_path=eval_model_param,
+        samples_per_problem=config["eval"]["samples_per_problem"],
+        temperature=config["eval"]["temperature"],
+        top_p=config["eval"]["top_p"],
+        max_tokens=config["eval"]["max_tokens"],
+        seed=config["eval"]["seed"],
+        prompt_template=config["prompt"]["template"],
+        server=server_options("eval"),
+        data=bench_identity(),
+    resources:
+        gpu=config["eval"]["gpus"],
+        concurrency=config["eval"]["concurrency"],
+        request_timeout_s=config["eval"]["request_timeout_s"],
+        max_attempts=config["eval"]["max_attempts"],
+        health_timeout_s=config["server"]["health_timeout_s"],
+    threads: 8
+    conda:
+        CONDA_ENV
+    log:
+        "logs/eval/{model}.log",
+    benchmark:
+        "benchmarks/eval/{model}.tsv"
+    shell:
+        "python {SCRIPTS}/run_sft_model.py --no-score --model_path {params.model_path} --label {wildcards.model}"
+        " --served_model_name {wildcards.model} --benchmarks {input.bench} --output {output}"
+        " --samples_per_problem {params.samples_per_problem} --temperature {params.temperature}"
+        " --top_p {params.top_p} --max_tokens {params.max_tokens} --seed {params.seed}"
+        " --prompt_template {params.prompt_template} --concurrency {resources.concurrency}"
+        " --request_timeout_s {resources.request_timeout_s} --max_attempts {resources.max_attempts}"
+        " {params.server} --health_timeout_s {resources.health_timeout_s}"
+        " --server_log logs/eval/{wildcards.model}.server.log > {log} 2>&1"
+
+
+rule score_eval:
+    """Score one model's evaluation samples with math-verify (the same reward code as the teacher's)."""
+    input:
+        samples="results/eval/generations/{model}.parquet",
+        code=os.path.join(LIBRARY, "reward.py"),
+    output:
+        "results/eval/{model}.parquet",
+    params:
+        timeout_s=config["reward"]["timeout_s"],
+    threads: 2
+    conda:
+        CONDA_ENV
+    log:
+        "logs/eval/{model}.score.log",
+    shell:
+        "python {SCRIPTS}/score_trajectories.py --kind eval --input {input.samples} --output {output}"
+        " --timeout_s {params.timeout_s} --workers {threads} > {log} 2>&1"
+
+
+rule eval_summary:
+    """results/eval.json: metrics per model x benchmark, with provenance; prints a pass@1 table."""
+    input:
+        expand("results/eval/{model}.parquet", model=eval_labels()),
+    output:
+        "results/eval.json",
+    params:
+        model_ids=" ".join(f"--model_id {label}={eval_model_spec(label)}" for label in eval_labels()),
+        pass_k=config["eval"]["pass_k"],
+        config_hash=config_hash(),
+    conda:
+        CONDA_ENV
+    log:
+        "logs/eval/summary.log",
+    shell:
+        "python {SCRIPTS}/summarize_eval.py --inputs {input} --output {output} {params.model_ids}"
+        " --pass_k {params.pass_k} --config_hash {params.config_hash} 2>&1 | tee {log}"

@@ -1,0 +1,17 @@
+rule reward:
+    """Score one shard with math-verify. The reward code is an input: editing it rescores, never regenerates."""
+    input:
+        trajectories="results/teacher/{shard}.parquet",
+        code=os.path.join(LIBRARY, "reward.py"),
+    output:
+        "results/scored/{shard}.parquet",
+    params:
+        timeout_s=config["reward"]["timeout_s"],
+    threads: 2
+    conda:
+        CONDA_ENV
+    log:
+        "logs/reward/{shard}.log",
+    shell:
+        "python {SCRIPTS}/score_trajectories.py --kind teacher --input {input.trajectories} --output {output}"
+        " --timeout_s {params.timeout_s} --workers {threads} > {log} 2>&1"

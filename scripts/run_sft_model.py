@@ -1,0 +1,67 @@
+#!/usr/bin/env python
+"""Evaluate one model on the benchmark sets: serve it, sample n answers per problem with the training
+prompt, score them with math-verify and print pass@1 per benchmark (--no-score: only sample; the
+pipeline scores in a rule of its own, so a reward change never resamples)."""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import logging
+from pathlib import Path
+
+from mathsft import cli
+from mathsft.evaluate import benchmark_metrics
+from mathsft.generate import sample
+from mathsft.io import EVAL_GENERATION_SCHEMA, EVAL_SCHEMA, PROBLEM_SCHEMA, read_parquet, write_parquet
+from mathsft.reward import score_rows
+from mathsft.serve import exit_on_sigterm
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model_path", required=True, help="Hugging Face folder or model id to evaluate")
+    parser.add_argument("--label", default=None, help="name of the evaluated model in outputs (default: the path)")
+    parser.add_argument("--benchmarks", nargs="+", default=sorted(glob.glob("results/data/bench/*.parquet")),
+                        help="benchmark parquet files (default: results/data/bench/*.parquet)")
+    parser.add_argument("--output", default="eval_samples.parquet", help="per-sample rows to write")
+    parser.add_argument("--score", action=argparse.BooleanOptionalAction, default=True,
+                        help="score with math-verify and print metrics (default) or only sample")
+    parser.add_argument("--pass_k", type=int, nargs="*", default=[1])
+    parser.add_argument("--reward_timeout_s", type=float, default=10.0)
+    parser.add_argument("--workers", type=int, default=2, help="math-verify worker processes")
+    cli.add_sampling_args(parser, samples=4, max_tokens=8192)
+    cli.add_server_args(parser, model_required=False)
+    args = parser.parse_args()
+    args.model = args.model or args.model_path
+    cli.setup_logging()
+    exit_on_sigterm()
+    if not args.benchmarks:
+        parser.error("no benchmark files given and none found under results/data/bench/")
+    label = args.label or args.model_path
+
+    problems = []
+    for path in args.benchmarks:
+        for row in read_parquet(path, PROBLEM_SCHEMA).to_pylist():
+            problems.append(row | {"benchmark": Path(path).stem})
+    with cli.serving_from_args(args, default_log=args.output + ".server.log") as (base_url, check_alive):
+        records, summary = sample(problems, base_url, args.served_model_name, args.prompt_template,
+                                  cli.sampling_from_args(args), cli.client_settings_from_args(args),
+                                  api_key=cli.api_key_from_args(args), check_alive=check_alive)
+    bench_of = {row["problem_id"]: row["benchmark"] for row in problems}
+    rows = [r | {"evaluated_model": label, "benchmark": bench_of[r["problem_id"]]} for r in records]
+    logging.info("summary %s", json.dumps({"model": label, **summary}))
+    if not args.score:
+        write_parquet(rows, args.output, EVAL_GENERATION_SCHEMA)
+        return
+    score_rows(rows, args.workers, args.reward_timeout_s)
+    write_parquet(rows, args.output, EVAL_SCHEMA)
+    for bench in sorted({r["benchmark"] for r in rows}):
+        m = benchmark_metrics([r for r in rows if r["benchmark"] == bench], args.pass_k)
+        print(f"{label}  {bench:24s} pass@1 {100 * m['pass@1']:5.1f} ± {100 * m['pass@1_stderr']:4.1f}  "
+              f"(n={m['samples_per_problem']}, {m['problems']} problems, truncated {100 * m['truncation_rate']:.0f}%)")
+
+
+if __name__ == "__main__":
+    main()

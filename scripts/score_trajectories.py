@@ -1,0 +1,32 @@
+#!/usr/bin/env python
+"""Score sampled responses with math-verify (the reward stage, for teacher shards and eval samples)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+from mathsft.cli import setup_logging
+from mathsft.io import SCORING_SCHEMAS, read_parquet, write_parquet
+from mathsft.reward import score_rows, status_counts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--input", required=True, help="samples parquet (results/teacher/NNNNN.parquet, ...)")
+    parser.add_argument("--output", required=True, help="scored parquet to write")
+    parser.add_argument("--kind", choices=sorted(SCORING_SCHEMAS), default="teacher", help="which samples")
+    parser.add_argument("--timeout_s", type=float, default=10.0, help="per-check time bound")
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    setup_logging()
+    in_schema, out_schema = SCORING_SCHEMAS[args.kind]
+    rows = read_parquet(args.input, in_schema).to_pylist()
+    scores = score_rows(rows, args.workers, args.timeout_s)
+    write_parquet(rows, args.output, out_schema)
+    logging.info("summary %s", json.dumps({"input": args.input, "rows": len(rows), **status_counts(scores)}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+#!/usr/bin/env python
+"""Fine-tune the student on the curated SFT set with DeepSpeed (the train stage).
+
+One process on a CPU; on GPUs launch with `torchrun --nproc_per_node N scripts/train_sft.py ...`."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+
+from mathsft.cli import setup_logging
+from mathsft.io import write_json
+from mathsft.train import ConfigError, TrainConfig, train
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    defaults = TrainConfig("", "", "", "", "")
+    parser.add_argument("--model", required=True, help="model to start from (seed: model.partial_pretrain)")
+    parser.add_argument("--train_files", required=True, help="curated train parquet")
+    parser.add_argument("--val_files", required=True, help="curated val parquet")
+    parser.add_argument("--output_dir", required=True, help="Hugging Face folder to export")
+    parser.add_argument("--metrics", required=True, help="training metrics jsonl to write")
+    parser.add_argument("--summary", required=True, help="training summary json to write")
+    parser.add_argument("--deepspeed", required=True, help="DeepSpeed JSON (config/deepspeed/*.json)")
+    for field in dataclasses.fields(TrainConfig):
+        if field.name in ("model", "train_path", "val_path", "output_dir", "deepspeed_config"):
+            continue
+        kind = field.type if field.type in ("int", "float") else "str"
+        if field.name == "gradient_checkpointing":
+            parser.add_argument("--gradient_checkpointing", action=argparse.BooleanOptionalAction, default=False)
+        else:
+            parser.add_argument(f"--{field.name}", type={"int": int, "float": float}[kind] if kind != "str" else str,
+                                default=getattr(defaults, field.name))
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = parser.parse_args()
+    setup_logging()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    cfg = TrainConfig(
+        model=args.model, train_path=args.train_files, val_path=args.val_files, output_dir=args.output_dir,
+        deepspeed_config=args.deepspeed,
+        **{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+           if f.name not in ("model", "train_path", "val_path", "output_dir", "deepspeed_config")},
+    )
+    try:
+        summary = train(cfg, args.metrics)
+    except ConfigError as exc:
+        sys.exit(f"error: {exc}")
+    write_json(summary, args.summary)
+    logging.info("summary %s", json.dumps({k: v for k, v in summary.items() if k != "config"}))
+
+
+if __name__ == "__main__":
+    main()

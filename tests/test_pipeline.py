@@ -1,0 +1,145 @@
+"""End to end on a reduced config with the real models, vLLM servers, math-verify, DuckDB and DeepSpeed;
+then the rerun table of DESIGN.md, one dry run per config edit against the finished run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import converted_model
+from workflow import REPO, edited_config, planned_outputs, snakemake
+
+pytestmark = pytest.mark.e2e
+TINY = REPO / "tests" / "configs" / "tiny.yaml"
+EMBEDDED = ("qwen2.5-coder-0.5b-instruct", "smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A complete run of the tiny config; the models are hard links to the per-machine converted copies."""
+    workdir = tmp_path_factory.mktemp("run")
+    for name in EMBEDDED:
+        shutil.copytree(converted_model(name), workdir / "results" / "base_models" / name, copy_function=os.link)
+    result = snakemake(workdir, TINY, "results/eval.json", timeout=2400)
+    if result.returncode != 0:
+        logs = "\n".join(f"== {p}\n{p.read_text()[-3000:]}" for p in sorted((workdir / "logs").rglob("*.log"))
+                         if "server" not in p.name)
+        pytest.fail(f"pipeline failed:\n{result.stdout[-5000:]}\n{result.stderr[-5000:]}\n{logs}")
+    return workdir, result
+
+
+def test_pipeline_writes_eval_json_with_sane_metrics_for_both_students(finished_run):
+    workdir, result = finished_run
+    document = json.loads((workdir / "results" / "eval.json").read_text())
+    assert document["schema_version"] == 1 and len(document["config_hash"]) == 16
+    assert set(document["models"]) == {"student", "sft"}
+    for model in document["models"].values():
+        assert set(model["benchmarks"]) == {"chain_sum", "basic_arithmetic"}
+        for metrics in model["benchmarks"].values():
+            assert (metrics["problems"], metrics["samples_per_problem"]) == (3, 2)
+            assert 0.0 <= metrics["pass@1"] <= 1.0 and 0.0 <= metrics["pass@1_stderr"] <= 0.5
+            assert metrics["pass@1"] <= metrics["pass@2"] <= 1.0
+            assert 0 < metrics["mean_response_tokens"] <= 160
+    assert "pass@1" in result.stdout + result.stderr  # the terminal summary table
+
+
+def test_every_teacher_sample_is_a_real_response_with_provenance(finished_run):
+    workdir, _ = finished_run
+    rows = [r for path in sorted((workdir / "results" / "teacher").glob("*.parquet")) for r in pq.read_table(path).to_pylist()]
+    assert len(rows) == 8 * 2  # 8 problems x 2 samples, none failed
+    assert len({(r["problem_id"], r["sample_index"]) for r in rows}) == len(rows)
+    assert all(r["finish_reason"] in ("stop", "length") and r["response"] for r in rows)
+    assert all(r["completion_tokens"] <= 160 and r["model"] == "teacher" and r["prompt_template"] == "boxed_cot_v1"
+               for r in rows)
+    assert len({r["seed"] for r in rows}) == len(rows)
+
+
+def test_curated_set_has_only_correct_finished_traces_and_a_consistent_funnel(finished_run):
+    workdir, _ = finished_run
+    stats = json.loads((workdir / "results" / "sft" / "stats.json").read_text())
+    funnel = stats["funnel"]
+    assert funnel["generated"] == 16
+    assert funnel["generated"] >= funnel["correct"] >= funnel["finished"] >= funnel["kept"] > 0
+    train = pq.read_table(workdir / "results" / "sft" / "train.parquet").to_pylist()
+    assert train and all(r["reward"] == 1.0 and r["finish_reason"] == "stop" for r in train)
+
+
+def test_fine_tuned_model_stops_on_im_end_and_its_training_is_logged(finished_run):
+    workdir, _ = finished_run
+    model = workdir / "results" / "models" / "sft"
+    assert json.loads((model / "generation_config.json").read_text())["eos_token_id"] == 2
+    assert json.loads((model / "tokenizer_config.json").read_text())["eos_token"] == "<|im_end|>"
+    steps = [json.loads(line) for line in (workdir / "results" / "train" / "sft" / "metrics.jsonl").read_text().splitlines()]
+    assert steps and all(s["loss"] > 0 for s in steps if "loss" in s)
+
+
+def test_no_vllm_server_outlives_the_run(finished_run):
+    out = subprocess.run(["pgrep", "-af", "vllm.entrypoints.openai.api_server"], capture_output=True, text=True).stdout
+    assert [line for line in out.splitlines() if "pgrep" not in line] == []
+
+
+SFT_DOWNSTREAM = {"results/sft/train.parquet", "results/models/sft", "results/eval/generations/sft.parquet",
+                  "results/eval/sft.parquet", "results/eval.json"}
+
+
+def _outputs(planned):
+    return set().union(*planned.values()) if planned else set()
+
+
+def test_an_unchanged_config_plans_nothing(finished_run):
+    workdir, _ = finished_run
+    assert planned_outputs(workdir, TINY) == {}
+
+
+def test_raising_reward_threshold_reruns_only_curate_and_downstream(finished_run, tmp_path):
+    workdir, _ = finished_run
+    planned = planned_outputs(workdir, edited_config(TINY, tmp_path / "c.yaml", **{"curate.reward_threshold": 0.5}))
+    assert set(planned) == {"curate", "train", "evaluate", "score_eval", "eval_summary"}
+    assert SFT_DOWNSTREAM <= _outputs(planned)
+    assert "results/eval/generations/student.parquet" not in _outputs(planned)
+
+
+def test_teacher_sampling_edits_regenerate_but_never_reprepare_data(finished_run, tmp_path):
+    workdir, _ = finished_run
+    for key, value in (("teacher.temperature", 0.7), ("teacher.samples_per_problem", 3)):
+        planned = planned_outputs(workdir, edited_config(TINY, tmp_path / "c.yaml", **{key: value}))
+        assert set(planned) == {"teacher", "reward", "curate", "train", "evaluate", "score_eval", "eval_summary"}, key
+        assert {"results/teacher/00000.parquet", "results/teacher/00001.parquet"} <= planned["teacher"]
+        assert "results/eval/generations/student.parquet" not in _outputs(planned)
+
+
+def test_raising_num_samples_generates_only_the_new_shard(finished_run, tmp_path):
+    workdir, _ = finished_run
+    planned = planned_outputs(workdir, edited_config(TINY, tmp_path / "c.yaml", **{"data.num_samples": 12}))
+    assert planned["teacher"] == {"results/teacher/00002.parquet"}
+    assert planned["reward"] == {"results/scored/00002.parquet"}
+    assert SFT_DOWNSTREAM <= _outputs(planned)
+    assert "results/eval/generations/student.parquet" not in _outputs(planned)
+
+
+def test_train_edits_rerun_only_training_and_the_sft_models_eval(finished_run, tmp_path):
+    workdir, _ = finished_run
+    for key, value in (("train.learning_rate", 3.0e-5), ("train.epochs", 2)):
+        planned = planned_outputs(workdir, edited_config(TINY, tmp_path / "c.yaml", **{key: value}))
+        assert set(planned) == {"train", "evaluate", "score_eval", "eval_summary"}, key
+        assert _outputs(planned) == SFT_DOWNSTREAM - {"results/sft/train.parquet"} | {
+            "results/train/sft/metrics.jsonl", "results/train/sft/summary.json"}
+
+
+def test_eval_edits_rerun_only_evaluation(finished_run, tmp_path):
+    workdir, _ = finished_run
+    planned = planned_outputs(workdir, edited_config(TINY, tmp_path / "c.yaml", **{"eval.samples_per_problem": 3}))
+    assert set(planned) == {"evaluate", "score_eval", "eval_summary"}
+    assert planned["evaluate"] == {"results/eval/generations/student.parquet", "results/eval/generations/sft.parquet"}
+
+
+def test_reward_edits_rescore_but_never_regenerate(finished_run, tmp_path):
+    workdir, _ = finished_run
+    planned = planned_outputs(workdir, edited_config(TINY, tmp_path / "c.yaml", **{"reward.timeout_s": 20}))
+    assert set(planned) == {"reward", "curate", "train", "evaluate", "score_eval", "eval_summary"} - {"evaluate"}
+    assert "results/eval/student.parquet" in planned["score_eval"]

@@ -1,0 +1,50 @@
+import json
+
+import pytest
+
+from mathsft.train import ConfigError, TrainConfig, check_config, cosine_with_warmup, deepspeed_config
+
+
+def _cfg(tmp_path, **overrides):
+    train = tmp_path / "train.parquet"
+    train.write_bytes(b"")
+    ds = tmp_path / "ds.json"
+    ds.write_text(json.dumps({"zero_optimization": {"stage": 2}}))
+    values = dict(model="m", train_path=str(train), val_path=str(tmp_path / "val.parquet"), output_dir="o",
+                  deepspeed_config=str(ds), global_batch_size=8, micro_batch_size_per_device=2, max_length=1024)
+    return TrainConfig(**(values | overrides))
+
+
+def test_gradient_accumulation_is_global_over_micro_times_processes(tmp_path):
+    assert check_config(_cfg(tmp_path), world_size=2, context_length=4096, rope_scaling=None) == 2
+
+
+def test_batch_size_not_divisible_is_refused_naming_both_keys(tmp_path):
+    with pytest.raises(ConfigError, match="global_batch_size.*micro_batch_size_per_device"):
+        check_config(_cfg(tmp_path, global_batch_size=6, micro_batch_size_per_device=4), 1, 4096, None)
+
+
+def test_max_length_over_the_context_window_is_refused_unless_rope_scaling(tmp_path):
+    # The seed trains Qwen2.5-Math-1.5B (context 4096) at 6144.
+    with pytest.raises(ConfigError, match="context window"):
+        check_config(_cfg(tmp_path, max_length=6144), 1, 4096, None)
+    check_config(_cfg(tmp_path, max_length=6144), 1, 4096, {"type": "yarn", "factor": 2.0})
+
+
+def test_missing_train_file_is_refused_by_name(tmp_path):
+    with pytest.raises(ConfigError, match="nope.parquet"):
+        check_config(_cfg(tmp_path, train_path=str(tmp_path / "nope.parquet")), 1, 4096, None)
+
+
+def test_schedule_warms_up_linearly_then_decays_to_zero():
+    factor = cosine_with_warmup(total_steps=10, warmup_steps=2)
+    assert [factor(0), factor(1)] == [0.5, 1.0]
+    assert factor(2) == 1.0 and factor(10) == pytest.approx(0.0)
+    assert factor(6) == pytest.approx(0.5)
+
+
+def test_deepspeed_config_gets_batch_and_optimiser_values(tmp_path):
+    cfg = _cfg(tmp_path, learning_rate=3e-5)
+    ds = deepspeed_config(cfg.deepspeed_config, cfg, gradient_accumulation_steps=4, use_bf16=False)
+    assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (8, 2, 4)
+    assert ds["optimizer"]["params"]["lr"] == 3e-5 and ds["bf16"] == {"enabled": False}
