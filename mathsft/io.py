@@ -62,7 +62,14 @@ SCORING_SCHEMAS = {"teacher": (TRAJECTORY_SCHEMA, SCORED_SCHEMA), "eval": (EVAL_
 
 def write_parquet(rows: Iterable[dict[str, Any]] | pa.Table, path: str | os.PathLike, schema: pa.Schema) -> None:
     """Write rows (dicts or a table) with `schema` to `path` atomically: a temporary name, then rename."""
-    table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(list(rows), schema=schema)
+    if not isinstance(rows, pa.Table):
+        rows = list(rows)
+        for index, row in enumerate(rows):
+            missing = [name for name in schema.names if name not in row]
+            if missing:  # from_pylist would silently write nulls
+                raise ValueError(f"{path}: row {index} lacks column(s) {', '.join(missing)}")
+        rows = pa.Table.from_pylist(rows, schema=schema)
+    table = rows
     table = table.select(schema.names).cast(schema)
     with _atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")

@@ -33,15 +33,19 @@ def data_identity():
     """The data settings that decide what a shard holds (not how many shards there are). Teacher jobs take
     their shard as ancient() and these as a param, so raising data.num_samples, which rewrites the shard
     files with the same rows, never regenerates existing shards."""
-    data = config["data"]
-    return {key: data[key] for key in ("source", "tasks", "benchmarks", "seed", "eval_seed", "eval_problems",
-                                       "shard_size", "decontamination_ngram", "task_options")}
+    return canonical(config["data"], ("source", "tasks", "benchmarks", "seed", "eval_seed", "eval_problems",
+                                      "shard_size", "decontamination_ngram", "task_options"))
 
 
 def bench_identity():
     """The data settings that decide what the evaluation sets hold."""
-    data = config["data"]
-    return {key: data[key] for key in ("source", "benchmarks", "eval_seed", "eval_problems", "task_options")}
+    return canonical(config["data"], ("source", "benchmarks", "eval_seed", "eval_problems", "task_options"))
+
+
+def canonical(section, keys):
+    """Some keys of a config section as sorted JSON: Snakemake compares params as text, so reordering
+    keys in a YAML file must not read as a change."""
+    return json.dumps({key: section[key] for key in keys}, sort_keys=True)
 
 
 def model_path(spec):
@@ -88,7 +92,7 @@ def server_options(section):
     """Options for the managed vLLM server of a sampling script (or its external endpoint). A param: server
     arguments such as --dtype change what is generated."""
     parts = [f"--server_arg={arg}" for arg in config["server"]["args"]]
-    parts += [f"--server_env={key}={value}" for key, value in config["server"]["env"].items()]
+    parts += [f"--server_env={key}={value}" for key, value in sorted(config["server"]["env"].items())]
     endpoint = config[section].get("endpoint")
     if endpoint:
         parts.append(f"--endpoint {endpoint}")
