@@ -61,13 +61,12 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, (json.JSONDecodeError, openai.APIResponseValidationError))
 
 
-async def _sample_one(client, semaphore, model: str, row: dict, sample_index: int, template: str,
+async def _sample_one(client, semaphore, model: str, row_index: int, row: dict, sample_index: int, template: str,
                       sampling: Sampling, settings: ClientSettings) -> dict[str, Any]:
     messages = build_messages(row["problem"], template)
     seed = request_seed(sampling.seed, row["problem_id"], sample_index)
-    record = {
-        "problem_id": row["problem_id"], "source": row["source"], "problem": row["problem"],
-        "answer": row["answer"], "sample_index": sample_index, "messages": json.dumps(messages),
+    record = dict(row) | {
+        "row_index": row_index, "sample_index": sample_index, "messages": json.dumps(messages),
         "model": model, "prompt_template": template, "temperature": sampling.temperature,
         "top_p": sampling.top_p, "max_tokens": sampling.max_tokens, "seed": seed,
     }
@@ -104,8 +103,8 @@ async def _sample_all(base_url, api_key, model, rows, template, sampling, settin
                                 timeout=settings.request_timeout_s)
     semaphore = asyncio.Semaphore(settings.concurrency)
     tasks = [
-        asyncio.ensure_future(_sample_one(client, semaphore, model, row, k, template, sampling, settings))
-        for row in rows for k in range(sampling.samples_per_problem)
+        asyncio.ensure_future(_sample_one(client, semaphore, model, i, row, k, template, sampling, settings))
+        for i, row in enumerate(rows) for k in range(sampling.samples_per_problem)
     ]
     results = []
     try:
@@ -127,9 +126,9 @@ async def _sample_all(base_url, api_key, model, rows, template, sampling, settin
 def sample(rows: list[dict], base_url: str, model: str, template: str, sampling: Sampling,
            settings: ClientSettings, api_key: str | None = None,
            check_alive: Callable[[], None] | None = None) -> tuple[list[dict], dict[str, Any]]:
-    """Sample `samples_per_problem` responses for each problem row. Returns the successful records,
-    ordered by (problem order, sample index), and a summary; raises GenerationFailed when more than
-    `max_failed_fraction` of the samples failed."""
+    """Sample `samples_per_problem` responses for each problem row. Returns the successful records (each
+    row's own fields + the sample's), ordered by (row, sample index), and a summary; raises
+    GenerationFailed when more than `max_failed_fraction` of the samples failed."""
     from tqdm import tqdm
 
     total = len(rows) * sampling.samples_per_problem
@@ -145,10 +144,9 @@ def sample(rows: list[dict], base_url: str, model: str, template: str, sampling:
 
     results = asyncio.run(_sample_all(base_url, api_key, model, rows, template, sampling, settings, check_alive, progress))
     bar.close()
-    order = {row["problem_id"]: i for i, row in enumerate(rows)}
-    results.sort(key=lambda r: (order[r["problem_id"]], r["sample_index"]))
+    results.sort(key=lambda r: (r["row_index"], r["sample_index"]))
     failed = [r for r in results if r["error"] is not None]
-    ok = [{k: v for k, v in r.items() if k != "error"} for r in results if r["error"] is None]
+    ok = [{k: v for k, v in r.items() if k not in ("error", "row_index")} for r in results if r["error"] is None]
     elapsed = time.monotonic() - started
     summary = {
         "requested": total, "succeeded": len(ok), "failed": len(failed), "elapsed_s": round(elapsed, 2),

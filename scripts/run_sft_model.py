@@ -49,8 +49,7 @@ def main() -> None:
         records, summary = sample(problems, base_url, args.served_model_name, args.prompt_template,
                                   cli.sampling_from_args(args), cli.client_settings_from_args(args),
                                   api_key=cli.api_key_from_args(args), check_alive=check_alive)
-    bench_of = {row["problem_id"]: row["benchmark"] for row in problems}
-    rows = [r | {"evaluated_model": label, "benchmark": bench_of[r["problem_id"]]} for r in records]
+    rows = [r | {"evaluated_model": label} for r in records]
     logging.info("summary %s", json.dumps({"model": label, **summary}))
     if not args.score:
         write_parquet(rows, args.output, EVAL_GENERATION_SCHEMA)

@@ -141,5 +141,8 @@ def test_eval_edits_rerun_only_evaluation(finished_run, tmp_path):
 def test_reward_edits_rescore_but_never_regenerate(finished_run, tmp_path):
     workdir, _ = finished_run
     planned = planned_outputs(workdir, edited_config(TINY, tmp_path / "c.yaml", **{"reward.timeout_s": 20}))
-    assert set(planned) == {"reward", "curate", "train", "evaluate", "score_eval", "eval_summary"} - {"evaluate"}
-    assert "results/eval/student.parquet" in planned["score_eval"]
+    assert set(planned) == {"reward", "curate", "train", "evaluate", "score_eval", "eval_summary"}
+    assert "teacher" not in planned
+    # The student's samples are rescored, not resampled; the SFT model is retrained, so it is resampled.
+    assert planned["evaluate"] == {"results/eval/generations/sft.parquet"}
+    assert {"results/eval/student.parquet", "results/eval/sft.parquet"} <= planned["score_eval"]
