@@ -39,11 +39,17 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def tail(path: Path, lines: int = 30) -> str:
+    """The last lines of a server log, after the last lines that name an error (vLLM's root cause often
+    comes well before its shutdown noise)."""
     try:
         with open(path, errors="replace") as f:
-            return "".join(deque(f, maxlen=lines))
+            last = deque(f, maxlen=2000)
     except OSError:
         return "(no server log)"
+    errors = [line for line in last if "Error" in line and "Traceback" not in line][-5:]
+    tail_lines = list(last)[-lines:]
+    head = [line for line in errors if line not in tail_lines]
+    return "".join(head + (["...\n"] if head else []) + tail_lines)
 
 
 class ManagedServer:

@@ -6,6 +6,7 @@ import subprocess
 import time
 
 import pytest
+from conftest import REPO
 
 from mathsft.serve import ManagedServer, ServerError
 
@@ -48,4 +49,23 @@ def test_the_health_wait_is_bounded_and_the_server_stopped_when_it_runs_out(tmp_
                            health_timeout_s=3):
             pass
     assert time.monotonic() - started < 60
+    assert not _vllm_processes()
+
+
+def test_the_shipped_cpu_server_settings_survive_a_wide_batch_of_seeded_requests(tmp_path, student_dir):
+    """vLLM's CPU backend crashed on seeded requests whose prefill was split across steps; the embedded
+    default's server arguments must keep a wide batch alive (every request answered)."""
+    import yaml
+
+    from mathsft.generate import ClientSettings, Sampling, sample
+
+    server = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["server"]
+    rows = [{"problem_id": f"{i:016x}", "source": "s", "problem": f"What is {i} + {i}? " * 12, "answer": f"${2 * i}$"}
+            for i in range(32)]
+    with ManagedServer(str(student_dir), "m", tmp_path / "server.log", args=server["args"], env=server["env"],
+                       health_timeout_s=300) as managed:
+        records, summary = sample(rows, managed.base_url, "m", "boxed_cot_v1",
+                                  Sampling(samples_per_problem=4, temperature=0.6, top_p=0.95, max_tokens=8, seed=0),
+                                  ClientSettings(concurrency=128, max_attempts=1), check_alive=managed.check_alive)
+    assert summary["failed"] == 0 and len(records) == 128
     assert not _vllm_processes()
