@@ -10,9 +10,12 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from mathsft.prompts import build_messages
+
+if TYPE_CHECKING:
+    from mathsft.journal import Journal
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +29,7 @@ class Sampling:
     top_p: float
     max_tokens: int
     seed: int
+    ignore_eos: bool = False  # benchmarks only: every answer runs to max_tokens
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,7 @@ async def _sample_one(client, semaphore, model: str, row_index: int, row: dict, 
                 reply = await client.chat.completions.create(
                     model=model, messages=messages, temperature=sampling.temperature, top_p=sampling.top_p,
                     max_tokens=sampling.max_tokens, seed=seed, n=1, timeout=settings.request_timeout_s,
+                    extra_body={"ignore_eos": True} if sampling.ignore_eos else None,
                 )
                 choice = reply.choices[0]
                 if choice.message.content is None or reply.usage is None:
@@ -95,7 +100,7 @@ async def _sample_one(client, semaphore, model: str, row_index: int, row: dict, 
     raise AssertionError("unreachable")
 
 
-async def _sample_all(base_url, api_key, model, rows, template, sampling, settings, check_alive, progress):
+async def _sample_all(base_url, api_key, model, rows, todo, template, sampling, settings, check_alive, progress):
     import openai
 
     # Our own retry loop counts failures; the client's built-in retries would hide them.
@@ -103,8 +108,8 @@ async def _sample_all(base_url, api_key, model, rows, template, sampling, settin
                                 timeout=settings.request_timeout_s)
     semaphore = asyncio.Semaphore(settings.concurrency)
     tasks = [
-        asyncio.ensure_future(_sample_one(client, semaphore, model, i, row, k, template, sampling, settings))
-        for i, row in enumerate(rows) for k in range(sampling.samples_per_problem)
+        asyncio.ensure_future(_sample_one(client, semaphore, model, i, rows[i], k, template, sampling, settings))
+        for i, k in todo
     ]
     results = []
     try:
@@ -123,33 +128,55 @@ async def _sample_all(base_url, api_key, model, rows, template, sampling, settin
     return results
 
 
+def journal_fingerprint(rows: list[dict], model: str, template: str, sampling: Sampling) -> dict[str, Any]:
+    """What a journaled sample depends on. samples_per_problem is left out: more samples only add indices."""
+    rows_digest = hashlib.sha256("\n".join(f"{r['problem_id']}\t{r['problem']}" for r in rows).encode()).hexdigest()
+    return {"model": model, "template": template, "temperature": sampling.temperature, "top_p": sampling.top_p,
+            "max_tokens": sampling.max_tokens, "seed": sampling.seed, "rows": rows_digest}
+
+
 def sample(rows: list[dict], base_url: str, model: str, template: str, sampling: Sampling,
            settings: ClientSettings, api_key: str | None = None,
-           check_alive: Callable[[], None] | None = None) -> tuple[list[dict], dict[str, Any]]:
+           check_alive: Callable[[], None] | None = None,
+           journal: "Journal | None" = None) -> tuple[list[dict], dict[str, Any]]:
     """Sample `samples_per_problem` responses for each problem row. Returns the successful records (each
     row's own fields + the sample's), ordered by (row, sample index), and a summary; raises
-    GenerationFailed when more than `max_failed_fraction` of the samples failed."""
+    GenerationFailed when more than `max_failed_fraction` of the samples failed. With a journal, samples
+    it already holds are not requested again and each new one is appended as it finishes."""
     from tqdm import tqdm
 
-    total = len(rows) * sampling.samples_per_problem
+    done = journal.load() if journal is not None else {}
+    wanted = [(i, k) for i in range(len(rows)) for k in range(sampling.samples_per_problem)]
+    todo = [key for key in wanted if key not in done]
+    total = len(wanted)
     started = time.monotonic()
-    bar = tqdm(total=total, desc="samples", unit="req", mininterval=5.0)
+    bar = tqdm(total=total, initial=total - len(todo), desc="samples", unit="req", mininterval=5.0)
     tokens = 0
 
     def progress(record):
         nonlocal tokens
         tokens += record.get("completion_tokens") or 0
+        if journal is not None and record["error"] is None:
+            journal.append({k: v for k, v in record.items() if k != "error"})
         bar.update(1)
         bar.set_postfix(tok_s=f"{tokens / max(time.monotonic() - started, 1e-9):.1f}", refresh=False)
 
-    results = asyncio.run(_sample_all(base_url, api_key, model, rows, template, sampling, settings, check_alive, progress))
-    bar.close()
+    try:
+        results = asyncio.run(
+            _sample_all(base_url, api_key, model, rows, todo, template, sampling, settings, check_alive, progress)
+        )
+    finally:
+        bar.close()
+        if journal is not None:
+            journal.close()
+    results += [done[key] | {"error": None} for key in wanted if key in done]
     results.sort(key=lambda r: (r["row_index"], r["sample_index"]))
     failed = [r for r in results if r["error"] is not None]
     ok = [{k: v for k, v in r.items() if k not in ("error", "row_index")} for r in results if r["error"] is None]
     elapsed = time.monotonic() - started
     summary = {
-        "requested": total, "succeeded": len(ok), "failed": len(failed), "elapsed_s": round(elapsed, 2),
+        "requested": total, "resumed": total - len(todo), "succeeded": len(ok), "failed": len(failed),
+        "elapsed_s": round(elapsed, 2),
         "completion_tokens": tokens, "output_tokens_per_s": round(tokens / max(elapsed, 1e-9), 2),
         "finish_length": sum(r["finish_reason"] == "length" for r in ok),
     }

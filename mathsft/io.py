@@ -104,6 +104,10 @@ class _atomic_path:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
+            # mkstemp makes the file private (0600); results get the permissions of an ordinary new file.
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(self.tmp, 0o666 & ~umask)
             os.replace(self.tmp, self.path)
         elif os.path.exists(self.tmp):
             os.unlink(self.tmp)

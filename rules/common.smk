@@ -89,14 +89,29 @@ def eval_model_input(wildcards):
 
 
 def server_options(section):
-    """Options for the managed vLLM server of a sampling script (or its external endpoint). A param: server
-    arguments such as --dtype change what is generated."""
+    """Options for the managed vLLM server of a sampling script. A param: server arguments such as --dtype
+    change what is generated. With several GPUs per job the model is split across them (tensor parallel)."""
     parts = [f"--server_arg={arg}" for arg in config["server"]["args"]]
+    if config[section]["gpus"] > 1:
+        parts.append(f"--server_arg=--tensor-parallel-size={config[section]['gpus']}")
     parts += [f"--server_env={key}={value}" for key, value in sorted(config["server"]["env"].items())]
-    endpoint = config[section].get("endpoint")
-    if endpoint:
-        parts.append(f"--endpoint {endpoint}")
     return " ".join(parts)
+
+
+def endpoint_options(section):
+    """--endpoint and --api_key_env for a server the user runs; empty when the job manages its own. A
+    resource, not a param: where the model is served does not change what it samples (the model id does).
+    The key itself is read from the environment at run time, never written to the command line or logs."""
+    endpoint = config[section].get("endpoint")
+    if not endpoint:
+        return ""
+    key_env = config[section].get("api_key_env")
+    return f"--endpoint={endpoint}" + (f" --api_key_env={key_env}" if key_env else "")
+
+
+def job_gpus(section):
+    """GPUs a sampling job asks for: none when it only talks to an external endpoint."""
+    return 0 if config[section].get("endpoint") else config[section]["gpus"]
 
 
 def repo_file(path):

@@ -19,7 +19,7 @@ rule evaluate:
         server=server_options("eval"),
         data=bench_identity(),
     resources:
-        gpu=config["eval"]["gpus"],
+        gpu=job_gpus("eval"),
         concurrency=config["eval"]["concurrency"],
         request_timeout_s=config["eval"]["request_timeout_s"],
         max_attempts=config["eval"]["max_attempts"],

@@ -20,7 +20,8 @@ rule teacher:
         data=data_identity(),
         rows=shard_rows,
     resources:
-        gpu=config["teacher"]["gpus"],
+        gpu=job_gpus("teacher"),
+        endpoint=endpoint_options("teacher"),
         concurrency=config["teacher"]["concurrency"],
         request_timeout_s=config["teacher"]["request_timeout_s"],
         max_attempts=config["teacher"]["max_attempts"],
@@ -40,5 +41,5 @@ rule teacher:
         " --top_p {params.top_p} --max_tokens {params.max_tokens} --seed {params.seed}"
         " --prompt_template {params.prompt_template} --concurrency {resources.concurrency}"
         " --request_timeout_s {resources.request_timeout_s} --max_attempts {resources.max_attempts}"
-        " --max_failed_fraction {resources.max_failed_fraction} {params.server} --health_timeout_s {resources.health_timeout_s}"
+        " --max_failed_fraction {resources.max_failed_fraction} {params.server} {resources.endpoint} --health_timeout_s {resources.health_timeout_s}"
         " --server_log logs/teacher/{wildcards.shard}.server.log > {log} 2>&1"

@@ -1,5 +1,14 @@
 #!/usr/bin/env python
-"""Sample teacher trajectories for one shard of problems (the teacher stage)."""
+"""Sample teacher trajectories (the teacher stage).
+
+In the pipeline: one shard of problems in, one trajectories parquet out. Standalone, as in rLLM's math
+SFT example, without --shard: draw --num_samples problems from the offline generator, sample, and with
+--reward_threshold score with math-verify and keep only traces with reward >= threshold that finished:
+
+    python scripts/generate_sft_data.py --num_samples 1000 --reward_threshold 1.0 \\
+        --output large_sft_data.parquet --endpoint http://localhost:8000/v1 --model MODEL
+
+(rLLM's default threshold, 0.0, keeps wrong answers; here it must be given to filter at all.)"""
 
 from __future__ import annotations
 
@@ -7,28 +16,53 @@ import argparse
 import json
 import logging
 
-from mathsft import cli
-from mathsft.generate import sample
-from mathsft.io import PROBLEM_SCHEMA, TRAJECTORY_SCHEMA, read_parquet, write_parquet
+from mathsft import cli, data
+from mathsft.generate import journal_fingerprint, sample
+from mathsft.io import PROBLEM_SCHEMA, SCORED_SCHEMA, TRAJECTORY_SCHEMA, read_parquet, write_parquet
+from mathsft.journal import Journal, journal_path
 from mathsft.serve import exit_on_sigterm
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--shard", required=True, help="problems parquet (results/data/shards/NNNNN.parquet)")
-    parser.add_argument("--output", required=True, help="trajectories parquet to write")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shard", default=None, help="problems parquet (results/data/shards/NNNNN.parquet)")
+    parser.add_argument("--output", default="sft_data.parquet", help="trajectories parquet to write")
+    standalone = parser.add_argument_group("standalone (without --shard)")
+    standalone.add_argument("--num_samples", type=int, default=1000, help="problems to draw")
+    standalone.add_argument("--tasks", nargs="+", default=["chain_sum", "basic_arithmetic", "gsm_symbolic"],
+                            help="reasoning-gym tasks to draw from (not decontaminated against any eval set)")
+    standalone.add_argument("--data_seed", type=int, default=1)
+    standalone.add_argument("--reward_threshold", type=float, default=None,
+                            help="score and keep finished traces with reward >= this")
+    standalone.add_argument("--reward_timeout_s", type=float, default=10.0)
     cli.add_sampling_args(parser, samples=4, max_tokens=8192)
     cli.add_server_args(parser)
     args = parser.parse_args()
     cli.setup_logging()
     exit_on_sigterm()
 
-    rows = read_parquet(args.shard, PROBLEM_SCHEMA).to_pylist()
+    if args.shard:
+        rows = read_parquet(args.shard, PROBLEM_SCHEMA).to_pylist()
+    else:
+        stream = data.reasoning_gym_problems(args.tasks, args.data_seed)
+        rows = data.take_problems(stream, args.num_samples, data.Counts(), set())
+    sampling = cli.sampling_from_args(args)
+    # Finished samples survive a kill here; the rerun (snakemake --rerun-incomplete) requests only the rest.
+    journal = Journal(journal_path(args.output), journal_fingerprint(rows, args.model, args.prompt_template, sampling))
     with cli.serving_from_args(args, default_log=args.output + ".server.log") as (base_url, check_alive):
-        records, summary = sample(rows, base_url, args.served_model_name, args.prompt_template,
-                                  cli.sampling_from_args(args), cli.client_settings_from_args(args),
-                                  api_key=cli.api_key_from_args(args), check_alive=check_alive)
-    write_parquet(records, args.output, TRAJECTORY_SCHEMA)
+        records, summary = sample(rows, base_url, args.served_model_name, args.prompt_template, sampling,
+                                  cli.client_settings_from_args(args), api_key=cli.api_key_from_args(args),
+                                  check_alive=check_alive, journal=journal)
+    if args.reward_threshold is None:
+        write_parquet(records, args.output, TRAJECTORY_SCHEMA)
+    else:
+        from mathsft.reward import score_rows
+
+        score_rows(records, workers=2, timeout_s=args.reward_timeout_s)
+        kept = [r for r in records if r["reward"] >= args.reward_threshold and r["finish_reason"] == "stop"]
+        summary["kept"] = len(kept)
+        write_parquet(kept, args.output, SCORED_SCHEMA)
+    journal.remove()
     logging.info("summary %s", json.dumps({"shard": args.shard, "problems": len(rows), **summary}))
 
 
