@@ -24,6 +24,10 @@ def add_sampling_args(parser: argparse.ArgumentParser, samples: int, max_tokens:
     group.add_argument("--max_tokens", type=int, default=max_tokens)
     group.add_argument("--seed", type=int, default=0, help="base seed; each request gets one derived from it")
     group.add_argument("--prompt_template", default="boxed_cot_v1")
+    group.add_argument("--api", choices=["chat", "completions"], default="chat",
+                       help="chat: the server applies the chat template; completions: it is applied here "
+                            "with --tokenizer's template and sent as plain text")
+    group.add_argument("--tokenizer", default=None, help="tokenizer for --api completions (default: --model)")
 
 
 def add_server_args(parser: argparse.ArgumentParser, model_required: bool = True) -> None:
@@ -47,6 +51,18 @@ def add_server_args(parser: argparse.ArgumentParser, model_required: bool = True
 
 def sampling_from_args(args) -> Sampling:
     return Sampling(args.samples_per_problem, args.temperature, args.top_p, args.max_tokens, args.seed)
+
+
+def renderer_from_args(args):
+    """None for the chat API; for text completions, messages -> prompt via the tokenizer's chat template."""
+    if args.api == "chat":
+        return None
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
+    if not tokenizer.chat_template:
+        raise SystemExit(f"--api completions: tokenizer {args.tokenizer or args.model} has no chat template")
+    return lambda messages: tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 def client_settings_from_args(args) -> ClientSettings:

@@ -65,30 +65,40 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, (json.JSONDecodeError, openai.APIResponseValidationError))
 
 
+async def _request(client, model, messages, render, sampling, seed, settings) -> tuple[str, Any, Any]:
+    """One chat completion, or one text completion of the locally rendered prompt when `render` is given;
+    returns (text, finish_reason, usage)."""
+    common = dict(model=model, temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=sampling.max_tokens,
+                  seed=seed, n=1, timeout=settings.request_timeout_s,
+                  extra_body={"ignore_eos": True} if sampling.ignore_eos else None)
+    if render is None:
+        reply = await client.chat.completions.create(messages=messages, **common)
+        text = reply.choices[0].message.content
+    else:
+        reply = await client.completions.create(prompt=render(messages), **common)
+        text = reply.choices[0].text
+    if text is None or reply.usage is None:
+        raise ValueError("reply has no text or no usage")
+    return text, reply.choices[0].finish_reason, reply.usage
+
+
 async def _sample_one(client, semaphore, model: str, row_index: int, row: dict, sample_index: int, template: str,
-                      sampling: Sampling, settings: ClientSettings) -> dict[str, Any]:
+                      sampling: Sampling, settings: ClientSettings, render) -> dict[str, Any]:
     messages = build_messages(row["problem"], template)
     seed = request_seed(sampling.seed, row["problem_id"], sample_index)
     record = dict(row) | {
         "row_index": row_index, "sample_index": sample_index, "messages": json.dumps(messages),
-        "model": model, "prompt_template": template, "temperature": sampling.temperature,
-        "top_p": sampling.top_p, "max_tokens": sampling.max_tokens, "seed": seed,
+        "model": model, "prompt_template": template, "api": "chat" if render is None else "completions",
+        "temperature": sampling.temperature, "top_p": sampling.top_p, "max_tokens": sampling.max_tokens, "seed": seed,
     }
     async with semaphore:
         for attempt in range(1, settings.max_attempts + 1):
             started = time.monotonic()
             try:
-                reply = await client.chat.completions.create(
-                    model=model, messages=messages, temperature=sampling.temperature, top_p=sampling.top_p,
-                    max_tokens=sampling.max_tokens, seed=seed, n=1, timeout=settings.request_timeout_s,
-                    extra_body={"ignore_eos": True} if sampling.ignore_eos else None,
-                )
-                choice = reply.choices[0]
-                if choice.message.content is None or reply.usage is None:
-                    raise ValueError("reply has no message content or no usage")
+                text, finish_reason, usage = await _request(client, model, messages, render, sampling, seed, settings)
                 return record | {
-                    "response": choice.message.content, "finish_reason": choice.finish_reason,
-                    "prompt_tokens": reply.usage.prompt_tokens, "completion_tokens": reply.usage.completion_tokens,
+                    "response": text, "finish_reason": finish_reason,
+                    "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
                     "latency_s": time.monotonic() - started, "error": None,
                 }
             except Exception as exc:  # classified below; never stored as a response
@@ -100,7 +110,8 @@ async def _sample_one(client, semaphore, model: str, row_index: int, row: dict, 
     raise AssertionError("unreachable")
 
 
-async def _sample_all(base_url, api_key, model, rows, todo, template, sampling, settings, check_alive, progress):
+async def _sample_all(base_url, api_key, model, rows, todo, template, sampling, settings, check_alive, progress,
+                      render):
     import openai
 
     # Our own retry loop counts failures; the client's built-in retries would hide them.
@@ -108,7 +119,7 @@ async def _sample_all(base_url, api_key, model, rows, todo, template, sampling, 
                                 timeout=settings.request_timeout_s)
     semaphore = asyncio.Semaphore(settings.concurrency)
     tasks = [
-        asyncio.ensure_future(_sample_one(client, semaphore, model, i, rows[i], k, template, sampling, settings))
+        asyncio.ensure_future(_sample_one(client, semaphore, model, i, rows[i], k, template, sampling, settings, render))
         for i, k in todo
     ]
     results = []
@@ -128,21 +139,24 @@ async def _sample_all(base_url, api_key, model, rows, todo, template, sampling, 
     return results
 
 
-def journal_fingerprint(rows: list[dict], model: str, template: str, sampling: Sampling) -> dict[str, Any]:
+def journal_fingerprint(rows: list[dict], model: str, template: str, sampling: Sampling, api: str = "chat"
+                        ) -> dict[str, Any]:
     """What a journaled sample depends on. samples_per_problem is left out: more samples only add indices."""
     rows_digest = hashlib.sha256("\n".join(f"{r['problem_id']}\t{r['problem']}" for r in rows).encode()).hexdigest()
-    return {"model": model, "template": template, "temperature": sampling.temperature, "top_p": sampling.top_p,
-            "max_tokens": sampling.max_tokens, "seed": sampling.seed, "rows": rows_digest}
+    return {"model": model, "template": template, "api": api, "temperature": sampling.temperature,
+            "top_p": sampling.top_p, "max_tokens": sampling.max_tokens, "seed": sampling.seed, "rows": rows_digest}
 
 
 def sample(rows: list[dict], base_url: str, model: str, template: str, sampling: Sampling,
            settings: ClientSettings, api_key: str | None = None,
            check_alive: Callable[[], None] | None = None,
-           journal: "Journal | None" = None) -> tuple[list[dict], dict[str, Any]]:
+           journal: "Journal | None" = None,
+           render: Callable[[list[dict]], str] | None = None) -> tuple[list[dict], dict[str, Any]]:
     """Sample `samples_per_problem` responses for each problem row. Returns the successful records (each
     row's own fields + the sample's), ordered by (row, sample index), and a summary; raises
     GenerationFailed when more than `max_failed_fraction` of the samples failed. With a journal, samples
-    it already holds are not requested again and each new one is appended as it finishes."""
+    it already holds are not requested again and each new one is appended as it finishes. With `render`
+    (messages -> prompt text, e.g. a chat template), the text-completions API is used instead of chat."""
     from tqdm import tqdm
 
     done = journal.load() if journal is not None else {}
@@ -163,7 +177,8 @@ def sample(rows: list[dict], base_url: str, model: str, template: str, sampling:
 
     try:
         results = asyncio.run(
-            _sample_all(base_url, api_key, model, rows, todo, template, sampling, settings, check_alive, progress)
+            _sample_all(base_url, api_key, model, rows, todo, template, sampling, settings, check_alive, progress,
+                        render)
         )
     finally:
         bar.close()

@@ -33,6 +33,7 @@ _SAMPLE_FIELDS = [
     ("completion_tokens", pa.int32()),
     ("model", pa.string()),
     ("prompt_template", pa.string()),
+    ("api", pa.string()),  # chat | completions (the chat template applied by us)
     ("temperature", pa.float64()),
     ("top_p", pa.float64()),
     ("max_tokens", pa.int32()),

@@ -128,11 +128,14 @@ class ManagedServer:
             self.check_alive()
             try:
                 with urllib.request.urlopen(f"{self.base_url}/models", timeout=5) as reply:
-                    if reply.status == 200:
-                        log.info("vLLM ready after %.1f s", time.monotonic() - self.started_at)
-                        return
+                    ready = reply.status == 200
+            except urllib.error.HTTPError as exc:
+                ready = exc.code == 401  # started with --api-key: it answers, so the engine is up
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-                pass
+                ready = False
+            if ready:
+                log.info("vLLM ready after %.1f s", time.monotonic() - self.started_at)
+                return
             time.sleep(1.0)
         raise ServerError(
             f"vLLM server not ready after {self.health_timeout_s:.0f} s (server.health_timeout_s); "

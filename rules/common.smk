@@ -109,6 +109,15 @@ def endpoint_options(section):
     return f"--endpoint={endpoint}" + (f" --api_key_env={key_env}" if key_env else "")
 
 
+def api_options(section):
+    """--api (and --tokenizer) of a sampling job: a param, since who applies the chat template can change
+    the prompt the model sees."""
+    options = f"--api {config[section]['api']}"
+    if config[section]["tokenizer"]:
+        options += f" --tokenizer {config[section]['tokenizer']}"
+    return options
+
+
 def job_gpus(section):
     """GPUs a sampling job asks for: none when it only talks to an external endpoint."""
     return 0 if config[section].get("endpoint") else config[section]["gpus"]

@@ -17,6 +17,7 @@ rule evaluate:
         seed=config["eval"]["seed"],
         prompt_template=config["prompt"]["template"],
         server=server_options("eval"),
+        api=api_options("eval"),
         data=bench_identity(),
     resources:
         gpu=job_gpus("eval"),
@@ -36,7 +37,7 @@ rule evaluate:
         " --served_model_name {wildcards.model} --benchmarks {input.bench} --output {output}"
         " --samples_per_problem {params.samples_per_problem} --temperature {params.temperature}"
         " --top_p {params.top_p} --max_tokens {params.max_tokens} --seed {params.seed}"
-        " --prompt_template {params.prompt_template} --concurrency {resources.concurrency}"
+        " --prompt_template {params.prompt_template} {params.api} --concurrency {resources.concurrency}"
         " --request_timeout_s {resources.request_timeout_s} --max_attempts {resources.max_attempts}"
         " {params.server} --health_timeout_s {resources.health_timeout_s}"
         " --server_log logs/eval/{wildcards.model}.server.log > {log} 2>&1"

@@ -17,6 +17,7 @@ rule teacher:
         seed=config["teacher"]["seed"],
         prompt_template=config["prompt"]["template"],
         server=server_options("teacher"),
+        api=api_options("teacher"),
         data=data_identity(),
         rows=shard_rows,
     resources:
@@ -39,7 +40,7 @@ rule teacher:
         " --model {params.model} --served_model_name teacher"
         " --samples_per_problem {params.samples_per_problem} --temperature {params.temperature}"
         " --top_p {params.top_p} --max_tokens {params.max_tokens} --seed {params.seed}"
-        " --prompt_template {params.prompt_template} --concurrency {resources.concurrency}"
+        " --prompt_template {params.prompt_template} {params.api} --concurrency {resources.concurrency}"
         " --request_timeout_s {resources.request_timeout_s} --max_attempts {resources.max_attempts}"
         " --max_failed_fraction {resources.max_failed_fraction} {params.server} {resources.endpoint} --health_timeout_s {resources.health_timeout_s}"
         " --server_log logs/teacher/{wildcards.shard}.server.log > {log} 2>&1"

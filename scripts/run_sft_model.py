@@ -48,7 +48,8 @@ def main() -> None:
     with cli.serving_from_args(args, default_log=args.output + ".server.log") as (base_url, check_alive):
         records, summary = sample(problems, base_url, args.served_model_name, args.prompt_template,
                                   cli.sampling_from_args(args), cli.client_settings_from_args(args),
-                                  api_key=cli.api_key_from_args(args), check_alive=check_alive)
+                                  api_key=cli.api_key_from_args(args), check_alive=check_alive,
+                                  render=cli.renderer_from_args(args))
     rows = [r | {"evaluated_model": label} for r in records]
     logging.info("summary %s", json.dumps({"model": label, **summary}))
     if not args.score:

@@ -37,8 +37,8 @@ class FaultProxy:
             return web.Response(status=500)
         if fault == "stall":
             await asyncio.sleep(self.stall_s)
-        async with self.session.post(f"{self.upstream}{request.path}", data=body,
-                                     headers={"Content-Type": "application/json"}) as reply:
+        headers = {key: value for key, value in request.headers.items() if key.lower() in ("authorization", "content-type")}
+        async with self.session.post(f"{self.upstream}{request.path}", data=body, headers=headers) as reply:
             payload = await reply.read()
             self.forwarded += 1
             if fault == "malformed":

@@ -8,6 +8,7 @@ import os
 import random
 import signal
 import subprocess
+import threading
 import sys
 import time
 
@@ -23,6 +24,7 @@ from mathsft.journal import journal_path
 from mathsft.serve import ManagedServer
 
 MAX_TOKENS = 48
+API_KEY = "mathsft-test-key-5b1f"  # the endpoint demands it, like a hosted API would
 ROWS = [{"problem_id": f"{i:016x}", "source": "s", "problem": f"What is {i} + {2 * i}?", "answer": f"${3 * i}$"}
         for i in range(1, 7)]
 
@@ -32,7 +34,8 @@ def endpoint(tmp_path_factory, student_dir):
     """A real vLLM server (the student: small and quick) with the embedded default's CPU settings."""
     server = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["server"]
     log = tmp_path_factory.mktemp("server") / "server.log"
-    with ManagedServer(str(student_dir), "m", log, args=server["args"], env=server["env"], health_timeout_s=300) as s:
+    with ManagedServer(str(student_dir), "m", log, args=server["args"] + ["--api-key", API_KEY], env=server["env"],
+                       health_timeout_s=300) as s:
         yield s
 
 
@@ -45,17 +48,31 @@ def shard(tmp_path_factory):
 
 def _generate_command(shard, output, endpoint, concurrency):
     return [sys.executable, str(REPO / "scripts" / "generate_sft_data.py"), "--shard", str(shard), "--output",
-            str(output), "--endpoint", endpoint.base_url, "--model", "m", "--samples_per_problem", "3",
+            str(output), "--endpoint", endpoint.base_url, "--api_key_env", "MATHSFT_TEST_API_KEY", "--model", "m",
+            "--samples_per_problem", "3",
             "--max_tokens", str(MAX_TOKENS), "--seed", "7", "--concurrency", str(concurrency)]
+
+
+def _run(command, **kwargs):
+    return subprocess.run(command, env=os.environ | {"MATHSFT_TEST_API_KEY": API_KEY}, **kwargs)
 
 
 def _texts(path):
     return {(r["problem_id"], r["sample_index"]): r["response"] for r in pq.read_table(path).to_pylist()}
 
 
+def test_a_wrong_api_key_fails_at_once_and_is_not_retried(endpoint):
+    sampling = Sampling(samples_per_problem=1, temperature=0.6, top_p=0.95, max_tokens=4, seed=7)
+    records, summary = sample(ROWS[:2], endpoint.base_url, "m", "boxed_cot_v1", sampling,
+                              ClientSettings(max_attempts=5, max_failed_fraction=1.0), api_key="wrong")
+    assert records == [] and summary["failed"] == 2 and summary["elapsed_s"] < 5
+
+
 def test_killed_generation_resumes_without_losing_or_repeating_samples(tmp_path, shard, endpoint):
     reference = tmp_path / "reference.parquet"
-    subprocess.run(_generate_command(shard, reference, endpoint, concurrency=18), check=True, capture_output=True)
+    result = _run(_generate_command(shard, reference, endpoint, concurrency=18), check=True, capture_output=True,
+                  text=True)
+    assert API_KEY not in result.stdout + result.stderr and API_KEY.encode() not in reference.read_bytes()
     expected = _texts(reference)
     assert len(expected) == 6 * 3
 
@@ -66,6 +83,7 @@ def test_killed_generation_resumes_without_losing_or_repeating_samples(tmp_path,
     for _ in range(5):
         target = rng.randint(1, 16)  # kill once the journal holds about this many samples
         proc = subprocess.Popen(_generate_command(shard, output, endpoint, concurrency=1),
+                                env=os.environ | {"MATHSFT_TEST_API_KEY": API_KEY},
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 120
         while proc.poll() is None and time.monotonic() < deadline:
@@ -80,7 +98,7 @@ def test_killed_generation_resumes_without_losing_or_repeating_samples(tmp_path,
         if output.exists():
             break
     assert kills >= 3, "the job finished before it could be killed; the test proved nothing"
-    subprocess.run(_generate_command(shard, output, endpoint, concurrency=1), check=True, capture_output=True)
+    _run(_generate_command(shard, output, endpoint, concurrency=1), check=True, capture_output=True)
     rows = pq.read_table(output).to_pylist()
     assert len(rows) == len({(r["problem_id"], r["sample_index"]) for r in rows}) == 18  # none lost or repeated
     assert _texts(output) == expected  # same seeds, same texts as the uninterrupted run
@@ -90,12 +108,13 @@ def test_killed_generation_resumes_without_losing_or_repeating_samples(tmp_path,
 def test_injected_faults_are_retried_or_counted_and_never_stored(endpoint):
     # Short answers keep real requests well inside the timeout that the injected stalls run past.
     sampling = Sampling(samples_per_problem=3, temperature=0.6, top_p=0.95, max_tokens=8, seed=7)
-    clean, _ = sample(ROWS, endpoint.base_url, "m", "boxed_cot_v1", sampling, ClientSettings(concurrency=18))
+    clean, _ = sample(ROWS, endpoint.base_url, "m", "boxed_cot_v1", sampling, ClientSettings(concurrency=18),
+                      api_key=API_KEY)
     expected = {(r["problem_id"], r["sample_index"]): r["response"] for r in clean}
     settings = ClientSettings(concurrency=18, request_timeout_s=10.0, max_attempts=4, backoff_base_s=0.05,
                               backoff_max_s=0.2, max_failed_fraction=1.0)
     with FaultProxy(endpoint.base_url.removesuffix("/v1"), fault_rate=0.5, stall_s=15.0, seed=3) as proxy:
-        records, summary = sample(ROWS, proxy.base_url, "m", "boxed_cot_v1", sampling, settings)
+        records, summary = sample(ROWS, proxy.base_url, "m", "boxed_cot_v1", sampling, settings, api_key=API_KEY)
     assert all(proxy.injected[fault] > 0 for fault in proxy.injected), proxy.injected
     assert summary["succeeded"] + summary["failed"] == summary["requested"] == 18
     assert summary["succeeded"] == len(records) >= 9
@@ -103,3 +122,35 @@ def test_injected_faults_are_retried_or_counted_and_never_stored(endpoint):
         assert record["response"] == expected[(record["problem_id"], record["sample_index"])]
     text = json.dumps(records)
     assert "injected" not in text
+
+
+def test_text_completions_of_the_chat_template_give_the_chat_apis_samples(endpoint, student_tokenizer):
+    sampling = Sampling(samples_per_problem=2, temperature=0.6, top_p=0.95, max_tokens=16, seed=7)
+    chat, _ = sample(ROWS, endpoint.base_url, "m", "boxed_cot_v1", sampling, ClientSettings(concurrency=12),
+                     api_key=API_KEY)
+
+    def render(messages):
+        return student_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    text, _ = sample(ROWS, endpoint.base_url, "m", "boxed_cot_v1", sampling, ClientSettings(concurrency=12),
+                     api_key=API_KEY, render=render)
+    assert {r["api"] for r in chat} == {"chat"} and {r["api"] for r in text} == {"completions"}
+    assert [r["prompt_tokens"] for r in text] == [r["prompt_tokens"] for r in chat]
+    assert [r["response"] for r in text] == [r["response"] for r in chat]
+
+
+def test_a_server_that_dies_mid_shard_fails_the_job_with_its_log(tmp_path, student_dir):
+    server = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["server"]
+    sampling = Sampling(samples_per_problem=4, temperature=0.6, top_p=0.95, max_tokens=400, seed=7)
+    from mathsft.serve import ServerError
+
+    with ManagedServer(str(student_dir), "m", tmp_path / "server.log", args=server["args"], env=server["env"],
+                       health_timeout_s=300) as managed:
+        killer = threading.Timer(3.0, os.killpg, args=(managed.proc.pid, signal.SIGKILL))
+        killer.start()
+        started = time.monotonic()
+        with pytest.raises(ServerError, match="exited with code") as error:
+            sample(ROWS, managed.base_url, "m", "boxed_cot_v1", sampling,
+                   ClientSettings(concurrency=4, request_timeout_s=600, max_attempts=10), check_alive=managed.check_alive)
+        assert time.monotonic() - started < 30  # not after the request timeout or the retries
+    assert "server.log" in str(error.value)
