@@ -18,7 +18,6 @@ from mathsft.train import ConfigError, TrainConfig, train
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    defaults = TrainConfig("", "", "", "", "")
     parser.add_argument("--model", required=True, help="model to start from (seed: model.partial_pretrain)")
     parser.add_argument("--train_files", required=True, help="curated train parquet")
     parser.add_argument("--val_files", required=True, help="curated val parquet")
@@ -26,15 +25,14 @@ def main() -> None:
     parser.add_argument("--metrics", required=True, help="training metrics jsonl to write")
     parser.add_argument("--summary", required=True, help="training summary json to write")
     parser.add_argument("--deepspeed", required=True, help="DeepSpeed JSON (config/deepspeed/*.json)")
+    # The remaining knobs mirror TrainConfig's fields (annotations are strings here: `from __future__`).
     for field in dataclasses.fields(TrainConfig):
         if field.name in ("model", "train_path", "val_path", "output_dir", "deepspeed_config"):
             continue
-        kind = field.type if field.type in ("int", "float") else "str"
-        if field.name == "gradient_checkpointing":
-            parser.add_argument("--gradient_checkpointing", action=argparse.BooleanOptionalAction, default=False)
+        if field.type == "bool":
+            parser.add_argument(f"--{field.name}", action=argparse.BooleanOptionalAction, default=field.default)
         else:
-            parser.add_argument(f"--{field.name}", type={"int": int, "float": float}[kind] if kind != "str" else str,
-                                default=getattr(defaults, field.name))
+            parser.add_argument(f"--{field.name}", type={"int": int, "float": float}[field.type], default=field.default)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args()
     setup_logging()
