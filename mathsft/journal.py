@@ -62,10 +62,13 @@ class Journal:
         self._rewrite(records)  # drop torn lines and duplicates so appends start on a clean line
         return records
 
+    def _header_line(self) -> str:
+        return json.dumps({"journal": VERSION, "fingerprint": self.fingerprint}) + "\n"
+
     def _rewrite(self, records: dict[tuple[int, int], dict]) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")
         with open(tmp, "w", encoding="utf-8") as f:
-            f.write(json.dumps({"journal": VERSION, "fingerprint": self.fingerprint}) + "\n")
+            f.write(self._header_line())
             for key in sorted(records):
                 f.write(json.dumps(records[key]) + "\n")
             f.flush()
@@ -80,7 +83,7 @@ class Journal:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "a", encoding="utf-8")
             if new:
-                self._file.write(json.dumps({"journal": VERSION, "fingerprint": self.fingerprint}) + "\n")
+                self._file.write(self._header_line())
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
         now = time.monotonic()
