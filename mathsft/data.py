@@ -6,7 +6,7 @@ import hashlib
 import re
 import unicodedata
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterable, Iterator
 
 _WS = re.compile(r"\s+")
 _WORD = re.compile(r"\w+")
@@ -98,37 +98,77 @@ def reasoning_gym_problems(tasks: list[str], seed: int, task_options: dict[str, 
 class Counts:
     """What normalisation dropped, for the data report."""
 
+    no_problem: int = 0
     no_answer: int = 0
+    too_long: int = 0
     duplicate: int = 0
     contaminated: dict[str, int] = field(default_factory=dict)
 
 
-def take_problems(stream, count: int, counts: Counts, seen: set[str], decontaminator: Decontaminator | None = None):
-    """Normalise rows from `stream` until `count` are kept: drop rows with no answer, duplicates (ids in
-    `seen`) and rows that overlap an evaluation set; each drop is counted in `counts`."""
-    kept = []
+def answer_text(value) -> str | None:
+    """A gold answer as text: numbers without a spurious `.0`, a list of answers as one comma-separated
+    answer (OlympiadBench stores lists), None for a missing or empty answer."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        parts = [answer_text(v) for v in value]
+        parts = [p.strip().strip("$").strip() for p in parts if p]
+        return ", ".join(parts) if parts else None
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    text = str(value).strip()
+    return text or None
+
+
+def clean_problems(stream, counts: Counts, seen: set[str], decontaminator: Decontaminator | None = None,
+                   max_chars: int | None = None) -> Iterator[dict[str, str]]:
+    """Normalise rows from `stream`, dropping (and counting in `counts`) rows with no problem or answer,
+    over-long ones, duplicates (ids in `seen`) and rows that overlap an evaluation set."""
     for row in stream:
-        if len(kept) == count:
-            break
-        if row["answer"] is None or not str(row["answer"]).strip():
+        problem = row["problem"].strip() if isinstance(row["problem"], str) else None
+        if not problem:
+            counts.no_problem += 1
+            continue
+        answer = answer_text(row["answer"])
+        if answer is None:
             counts.no_answer += 1
             continue
-        pid = problem_id(row["problem"])
+        if max_chars is not None and len(problem) + len(answer) > max_chars:
+            counts.too_long += 1
+            continue
+        pid = problem_id(problem)
         if pid in seen:
             counts.duplicate += 1
             continue
         seen.add(pid)
         if decontaminator is not None:
-            bench = decontaminator.match(row["problem"])
+            bench = decontaminator.match(problem)
             if bench is not None:
                 counts.contaminated[bench] = counts.contaminated.get(bench, 0) + 1
                 continue
-        kept.append(
-            {"problem_id": pid, "source": row["source"], "problem": row["problem"], "answer": wrap_answer(str(row["answer"]))}
-        )
-    if len(kept) < count:
-        raise ValueError(f"only {len(kept)} usable problems, {count} asked for (dropped: {counts})")
-    return kept
+        yield {"problem_id": pid, "source": row["source"], "problem": problem, "answer": wrap_answer(answer)}
+
+
+def take_problems(stream, count: int, counts: Counts, seen: set[str], decontaminator: Decontaminator | None = None,
+                  max_chars: int | None = None) -> list[dict[str, str]]:
+    """The first `count` rows of `stream` that survive clean_problems."""
+    kept = []
+    for row in clean_problems(stream, counts, seen, decontaminator, max_chars):
+        kept.append(row)
+        if len(kept) == count:
+            return kept
+    raise ValueError(f"only {len(kept)} usable problems, {count} asked for (dropped: {counts.__dict__})")
+
+
+def seeded_order(rows: list[dict], seed: int) -> list[dict]:
+    """Rows in an order decided by (seed, problem id) alone: the position of a problem does not depend on
+    the file's row order or on which other problems are present, so a prefix of it is stable."""
+    def key(row):
+        return hashlib.sha256(f"{seed}:{row['problem_id']}".encode()).hexdigest()
+
+    return sorted(rows, key=key)
 
 
 def shard_bounds(num_samples: int, shard_size: int) -> list[tuple[int, int]]:
@@ -160,5 +200,50 @@ def prepare_reasoning_gym(
             decontaminator.add(bench, row["problem"])
     counts = Counts()
     train = take_problems(reasoning_gym_problems(tasks, seed, task_options), num_samples, counts, set(), decontaminator)
-    report = {"train": {"kept": len(train), "dropped": counts.__dict__}, "benchmarks": bench_counts, "ngram": ngram}
+    report = {"train": {"kept": len(train), "dropped": counts.__dict__,
+                        "contaminated_by_benchmark": counts.contaminated},
+              "benchmarks": bench_counts, "ngram": ngram, "seed": seed}
+    return train, bench_sets, report
+
+
+def prepare_datasets(
+    train_sets: dict[str, Iterable[dict]],
+    benchmarks: dict[str, Iterable[dict]],
+    num_samples: int | None,
+    seed: int,
+    ngram: int | None,
+    max_chars: int | None = None,
+) -> tuple[list[dict], dict[str, list[dict]], dict]:
+    """Training problems from datasets (hub or files) and the evaluation sets, with a report of what was
+    dropped. All usable training rows are put in seeded_order and the first `num_samples` kept (all of them
+    when None), so raising num_samples only appends. Evaluation sets are kept whole (only rows with no answer or duplicates go)."""
+    decontaminator = Decontaminator(ngram)
+    bench_sets, bench_counts = {}, {}
+    for name, rows in benchmarks.items():
+        counts = Counts()
+        bench_sets[name] = list(clean_problems(rows, counts, set()))
+        if not bench_sets[name]:
+            raise ValueError(f"benchmark {name!r} has no usable problems (dropped: {counts.__dict__})")
+        bench_counts[name] = {"kept": len(bench_sets[name]), "dropped": counts.__dict__}
+        for row in bench_sets[name]:
+            decontaminator.add(name, row["problem"])
+    pool, per_source, seen = [], {}, set()
+    for name, rows in train_sets.items():
+        counts = Counts()
+        before = len(pool)
+        pool.extend(clean_problems(rows, counts, seen, decontaminator, max_chars))
+        per_source[name] = {"usable": len(pool) - before, "dropped": counts.__dict__}
+    if num_samples is None:
+        num_samples = len(pool)
+    if len(pool) < num_samples:
+        raise ValueError(f"data.num_samples is {num_samples} but the training sets hold only {len(pool)} usable "
+                         f"problems (per set: {per_source}); lower data.num_samples")
+    train = seeded_order(pool, seed)[:num_samples]
+    contaminated = {}
+    for source in per_source.values():
+        for bench, count in source["dropped"]["contaminated"].items():
+            contaminated[bench] = contaminated.get(bench, 0) + count
+    report = {"train": {"kept": len(train), "usable": len(pool), "sources": per_source,
+                        "contaminated_by_benchmark": contaminated},
+              "benchmarks": bench_counts, "ngram": ngram, "seed": seed}
     return train, bench_sets, report

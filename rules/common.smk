@@ -3,6 +3,9 @@ import hashlib
 import json
 import math
 import os
+import shlex
+
+import yaml
 
 SCRIPTS = os.path.join(workflow.basedir, "scripts")
 LIBRARY = os.path.join(workflow.basedir, "mathsft")
@@ -32,14 +35,109 @@ def shard_rows(wildcards):
 def data_identity():
     """The data settings that decide what a shard holds (not how many shards there are). Teacher jobs take
     their shard as ancient() and these as a param, so raising data.num_samples, which rewrites the shard
-    files with the same rows, never regenerates existing shards."""
-    return canonical(config["data"], ("source", "tasks", "benchmarks", "seed", "eval_seed", "eval_problems",
-                                      "shard_size", "decontamination_ngram", "task_options"))
+    files with the same rows, never regenerates existing shards. The evaluation sets count too: training
+    problems that overlap them are removed."""
+    if config["data"]["source"] == "reasoning_gym":
+        return canonical(config["data"], ("source", "tasks", "benchmarks", "seed", "eval_seed", "eval_problems",
+                                          "shard_size", "decontamination_ngram", "task_options"))
+    keys = ("source", "train_sets", "benchmarks", "seed", "shard_size", "decontamination_ngram", "max_problem_chars")
+    names = config["data"]["train_sets"] + config["data"]["benchmarks"]
+    return canonical(config["data"] | {"datasets": dataset_identities(names)}, keys + ("datasets",))
 
 
 def bench_identity():
     """The data settings that decide what the evaluation sets hold."""
-    return canonical(config["data"], ("source", "benchmarks", "eval_seed", "eval_problems", "task_options"))
+    if config["data"]["source"] == "reasoning_gym":
+        return canonical(config["data"], ("source", "benchmarks", "eval_seed", "eval_problems", "task_options"))
+    return canonical({"datasets": dataset_identities(eval_benchmarks())}, ("datasets",))
+
+
+def eval_benchmarks():
+    """The benchmarks evaluated: eval.benchmarks, or every prepared one (data.benchmarks) when unset."""
+    chosen = config["eval"]["benchmarks"]
+    if chosen is None:
+        return config["data"]["benchmarks"]
+    unknown = [name for name in chosen if name not in config["data"]["benchmarks"]]
+    if unknown:
+        raise ValueError(f"eval.benchmarks: {', '.join(unknown)} not in data.benchmarks "
+                         f"({', '.join(config['data']['benchmarks'])}); prepare them there first")
+    return chosen
+
+
+def dataset_specs():
+    """Every dataset the config can name (hub or files sources): config/datasets.yaml, overridden and
+    extended by data.datasets. Only the names in use are checked, in dataset_spec()."""
+    with open(os.path.join(workflow.basedir, "config", "datasets.yaml")) as handle:
+        catalog = yaml.safe_load(handle) or {}
+    return catalog | config["data"]["datasets"]
+
+
+def dataset_spec(name):
+    """The spec of one dataset in use, checked: exactly one of hub/path, and hub only with source: hub."""
+    specs = dataset_specs()
+    if name not in specs:
+        raise ValueError(f"data: dataset {name!r} is in neither data.datasets nor config/datasets.yaml "
+                         f"(known: {', '.join(sorted(specs))})")
+    spec = specs[name]
+    if bool(spec.get("hub")) == bool(spec.get("path")):
+        raise ValueError(f"data.datasets.{name}: give exactly one of hub: (a dataset id) or path: (a local file)")
+    if spec.get("hub") and config["data"]["source"] != "hub":
+        raise ValueError(f"data.datasets.{name} is a hub dataset ({spec['hub']}) but data.source is "
+                         f"{config['data']['source']}; set data.source: hub")
+    return spec
+
+
+def dataset_identities(names):
+    """What decides a dataset's rows: its spec, and for a local file its content hash (editing the file in
+    place is a change; touching it is not)."""
+    identities = {}
+    for name in names:
+        spec = dataset_spec(name)
+        identities[name] = dict(spec)
+        if spec.get("path") and os.path.exists(spec["path"]):
+            identities[name]["sha256"] = file_sha256(spec["path"])
+    return identities
+
+
+def file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def hub_datasets():
+    """Datasets fetched from the hub by the local fetch_dataset rule (none for other sources)."""
+    if config["data"]["source"] == "reasoning_gym":
+        return []
+    names = config["data"]["train_sets"] + config["data"]["benchmarks"]
+    return [name for name in dict.fromkeys(names) if dataset_spec(name).get("hub")]
+
+
+def data_inputs():
+    """Files the data stage reads: fetched hub splits and local dataset files."""
+    if config["data"]["source"] == "reasoning_gym":
+        return []
+    names = dict.fromkeys(config["data"]["train_sets"] + config["data"]["benchmarks"])
+    return [f"results/data/raw/{name}.parquet" if dataset_spec(name).get("hub") else dataset_spec(name)["path"]
+            for name in names]
+
+
+def data_options():
+    """prepare_math_data.py options for the configured source (a param: all of them decide the data)."""
+    data = config["data"]
+    common = (f"--source {data['source']} --num_samples {data['num_samples']} --shard_size {data['shard_size']}"
+              f" --seed {data['seed']} --ngram {data['decontamination_ngram']} --benchmarks {' '.join(data['benchmarks'])}")
+    if data["source"] == "reasoning_gym":
+        options = json.dumps(data["task_options"], sort_keys=True)
+        return (f"{common} --tasks {' '.join(data['tasks'])} --eval_problems {data['eval_problems']}"
+                f" --eval_seed {data['eval_seed']} --task_options {shlex.quote(options)}")
+    names = dict.fromkeys(data["train_sets"] + data["benchmarks"])
+    specs = json.dumps({name: dataset_spec(name) for name in names}, sort_keys=True)
+    files = " ".join(f"--dataset_file {name}=results/data/raw/{name}.parquet" for name in hub_datasets())
+    return (f"{common} --train_sets {' '.join(data['train_sets'])} --max_problem_chars {data['max_problem_chars']}"
+            f" --datasets {shlex.quote(specs)} {files}")
 
 
 def canonical(section, keys):

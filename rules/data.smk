@@ -1,27 +1,39 @@
+rule fetch_dataset:
+    """One split of a hub dataset, all columns, to a local parquet file. A local rule: compute nodes often
+    have no internet. Pin `revision` in the dataset's spec for a reproducible run."""
+    output:
+        "results/data/raw/{name}.parquet",
+    params:
+        spec=lambda wildcards: canonical({"spec": dataset_spec(wildcards.name)}, ("spec",)),
+        hub=lambda wildcards: dataset_spec(wildcards.name)["hub"],
+        options=lambda wildcards: " ".join(
+            f"--{key} {dataset_spec(wildcards.name)[key]}" for key in ("split", "subset", "revision")
+            if dataset_spec(wildcards.name).get(key)
+        ),
+    localrule: True
+    conda:
+        CONDA_ENV
+    log:
+        "logs/data/fetch_{name}.log",
+    shell:
+        "python {SCRIPTS}/fetch_dataset.py --name {wildcards.name} --hub {params.hub} {params.options}"
+        " --output {output} > {log} 2>&1"
+
+
 rule prepare_data:
     """Training problems (normalised, de-duplicated, decontaminated), eval sets and static shards."""
+    input:
+        data_inputs(),
     output:
         problems="results/data/problems.parquet",
         bench=expand("results/data/bench/{bench}.parquet", bench=config["data"]["benchmarks"]),
         shards=expand("results/data/shards/{shard}.parquet", shard=shard_ids()),
         report="results/data/report.json",
     params:
-        source=config["data"]["source"],
-        tasks=config["data"]["tasks"],
-        benchmarks=config["data"]["benchmarks"],
-        num_samples=config["data"]["num_samples"],
-        shard_size=config["data"]["shard_size"],
-        eval_problems=config["data"]["eval_problems"],
-        seed=config["data"]["seed"],
-        eval_seed=config["data"]["eval_seed"],
-        ngram=config["data"]["decontamination_ngram"],
-        task_options=json.dumps(config["data"]["task_options"], sort_keys=True),
+        options=data_options(),
     conda:
         CONDA_ENV
     log:
         "logs/data/prepare.log",
     shell:
-        "python {SCRIPTS}/prepare_math_data.py --source {params.source} --tasks {params.tasks}"
-        " --benchmarks {params.benchmarks} --num_samples {params.num_samples} --shard_size {params.shard_size}"
-        " --eval_problems {params.eval_problems} --seed {params.seed} --eval_seed {params.eval_seed}"
-        " --ngram {params.ngram} --task_options {params.task_options:q} --output_dir results/data > {log} 2>&1"
+        "python {SCRIPTS}/prepare_math_data.py {params.options} --output_dir results/data > {log} 2>&1"

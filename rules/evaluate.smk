@@ -5,7 +5,7 @@ rule evaluate:
     training problems rewrites the data files but never resamples an evaluation."""
     input:
         model=eval_model_input,
-        bench=ancient(expand("results/data/bench/{bench}.parquet", bench=config["data"]["benchmarks"])),
+        bench=ancient(expand("results/data/bench/{bench}.parquet", bench=eval_benchmarks())),
     output:
         "results/eval/generations/{model}.parquet",
     params:

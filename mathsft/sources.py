@@ -1,0 +1,150 @@
+"""Problem datasets from the Hugging Face hub or local files (parquet, jsonl, json), read through a column
+mapping into rows of (source, problem, answer). Errors name the dataset, the file, the column or the line."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+FORMATS = (".parquet", ".jsonl", ".json")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One dataset: where it lives (hub id or local path) and which columns hold problem and answer."""
+
+    name: str
+    hub: str | None = None
+    path: str | None = None
+    split: str = "train"
+    subset: str | None = None
+    revision: str | None = None
+    problem_column: str = "problem"
+    answer_column: str = "answer"
+
+    @classmethod
+    def from_config(cls, name: str, entry: dict) -> "DatasetSpec":
+        where = f"data.datasets.{name}"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where}: expected a mapping with hub: or path:, got {entry!r}")
+        unknown = set(entry) - {"hub", "path", "split", "subset", "revision", "columns"}
+        if unknown:
+            raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
+        if bool(entry.get("hub")) == bool(entry.get("path")):
+            raise ValueError(f"{where}: give exactly one of hub: (a dataset id) or path: (a local file)")
+        columns = entry.get("columns") or {}
+        unknown = set(columns) - {"problem", "answer"}
+        if unknown:
+            raise ValueError(f"{where}.columns: unknown keys {sorted(unknown)} (expected problem, answer)")
+        path = entry.get("path")
+        if path and not path.endswith(FORMATS):
+            raise ValueError(f"{where}.path: {path} is not one of {', '.join(FORMATS)}")
+        return cls(name=name, hub=entry.get("hub"), path=path, split=entry.get("split") or "train",
+                   subset=entry.get("subset"), revision=entry.get("revision"),
+                   problem_column=columns.get("problem", "problem"), answer_column=columns.get("answer", "answer"))
+
+
+def resolve_specs(names: list[str], catalog: dict[str, dict], overrides: dict[str, dict] | None) -> dict[str, DatasetSpec]:
+    """Specs for `names`, from `overrides` (the config's data.datasets) over `catalog` (config/datasets.yaml)."""
+    merged = {**catalog, **(overrides or {})}
+    specs = {}
+    for name in names:
+        if name not in merged:
+            raise ValueError(f"dataset {name!r} is in neither data.datasets nor config/datasets.yaml "
+                             f"(known: {', '.join(sorted(merged))})")
+        specs[name] = DatasetSpec.from_config(name, merged[name])
+    return specs
+
+
+def load_hub(spec: DatasetSpec) -> pa.Table:
+    """Download (or read from the local `datasets` cache) one split of a hub dataset as an Arrow table."""
+    import datasets
+
+    try:
+        dataset = datasets.load_dataset(spec.hub, spec.subset, split=spec.split, revision=spec.revision)
+    except Exception as exc:
+        raise RuntimeError(f"data.datasets.{spec.name}: loading {spec.hub!r} (split {spec.split!r}) failed: "
+                           f"{type(exc).__name__}: {exc}") from exc
+    return dataset.with_format("arrow")[:]
+
+
+def read_table(path: str | Path) -> pa.Table:
+    """A local dataset file as an Arrow table: parquet, JSON lines, or a JSON list of objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    if path.suffix == ".parquet":
+        try:
+            return pq.read_table(path)
+        except (pa.ArrowException, OSError) as exc:
+            raise ValueError(f"{path}: not a readable parquet file ({exc})") from exc
+    if path.suffix == ".jsonl":
+        return pa.Table.from_pylist(list(_json_lines(path)))
+    if path.suffix == ".json":
+        records = _json_document(path)
+        return pa.Table.from_pylist(records)
+    raise ValueError(f"{path}: unknown format (expected {', '.join(FORMATS)})")
+
+
+def _decode(raw: bytes, path: Path, line: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}:{line}: not UTF-8 text (byte {exc.start} of the line); re-encode the file") from exc
+
+
+def _json_lines(path: Path) -> Iterator[dict]:
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            text = _decode(raw, path, number).strip()
+            if not text:
+                continue
+            try:
+                record = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno})") from exc
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+            yield record
+
+
+def _json_document(path: Path) -> list[dict]:
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 text; re-encode the file") from exc
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from exc
+    if not isinstance(document, list) or not all(isinstance(item, dict) for item in document):
+        raise ValueError(f"{path}: expected a JSON list of objects (for one object per line, name it .jsonl)")
+    return document
+
+
+def dataset_rows(spec: DatasetSpec, table: pa.Table, origin: str) -> Iterator[dict]:
+    """Rows of `table` as {source, problem, answer} through the spec's column mapping; `origin` (a file or
+    hub id) names where the table came from in errors."""
+    for key, column in (("problem", spec.problem_column), ("answer", spec.answer_column)):
+        if column not in table.column_names:
+            raise ValueError(f"data.datasets.{spec.name}.columns.{key}: column {column!r} is not in {origin} "
+                             f"(its columns: {', '.join(table.column_names)})")
+    problems = table.column(spec.problem_column)
+    if not (pa.types.is_string(problems.type) or pa.types.is_large_string(problems.type)):
+        raise ValueError(f"{origin}: column {spec.problem_column!r} holds {problems.type}, not text")
+    for problem, answer in zip(problems.to_pylist(), table.column(spec.answer_column).to_pylist()):
+        yield {"source": spec.name, "problem": problem, "answer": answer}
+
+
+def load_spec(spec: DatasetSpec) -> tuple[pa.Table, str]:
+    """The table of a spec and where it came from: the local file, or the hub."""
+    if spec.path:
+        return read_table(spec.path), spec.path
+    return load_hub(spec), f"hub dataset {spec.hub}"

@@ -1,0 +1,189 @@
+"""Hub and file datasets: reading through a column mapping, bad input named, normalisation counted,
+decontamination per benchmark, a seeded order whose prefix is stable; then the data stage as Snakemake runs
+it on local copies of the hub datasets (fetched by the real `datasets.load_dataset`)."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from hubdata import AIME_PROBLEM, write_hub_copies
+from mathsft import data, sources
+from workflow import planned_outputs, snakemake
+
+
+def spec(name="set", **entry):
+    return sources.DatasetSpec.from_config(name, {"path": "x.jsonl"} | entry)
+
+
+def rows_of(path, **entry):
+    table = sources.read_table(path)
+    return list(sources.dataset_rows(spec(**entry), table, str(path)))
+
+
+def test_jsonl_json_and_parquet_files_read_through_a_column_mapping(tmp_path):
+    records = [{"question": "What is 1+1?", "final": 2}, {"question": "What is 2+2?", "final": 4}]
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (tmp_path / "a.json").write_text(json.dumps(records))
+    pq.write_table(pa.Table.from_pylist(records), tmp_path / "a.parquet")
+    for name in ("a.jsonl", "a.json", "a.parquet"):
+        rows = rows_of(tmp_path / name, columns={"problem": "question", "answer": "final"})
+        assert rows == [{"source": "set", "problem": "What is 1+1?", "answer": 2},
+                        {"source": "set", "problem": "What is 2+2?", "answer": 4}], name
+
+
+def test_a_column_mapping_that_names_nothing_is_an_error_naming_the_key_and_the_file(tmp_path):
+    (tmp_path / "a.jsonl").write_text(json.dumps({"question": "q", "answer": "1"}) + "\n")
+    with pytest.raises(ValueError, match=r"data\.datasets\.set\.columns\.problem: column 'problem' is not in .*a\.jsonl"
+                                         r" \(its columns: question, answer\)"):
+        rows_of(tmp_path / "a.jsonl")
+
+
+def test_malformed_and_non_utf8_files_are_errors_naming_the_file_and_line(tmp_path):
+    bad_json = tmp_path / "bad.jsonl"
+    bad_json.write_text('{"problem": "q", "answer": "1"}\n{"problem": "q2", "answer": \n')
+    with pytest.raises(ValueError, match=r"bad\.jsonl:2: not valid JSON"):
+        sources.read_table(bad_json)
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes(b'{"problem": "ok", "answer": "1"}\n{"problem": "caf\xe9", "answer": "2"}\n')
+    with pytest.raises(ValueError, match=r"latin1\.jsonl:2: not UTF-8"):
+        sources.read_table(latin1)
+    not_parquet = tmp_path / "x.parquet"
+    not_parquet.write_text("hello")
+    with pytest.raises(ValueError, match=r"x\.parquet: not a readable parquet file"):
+        sources.read_table(not_parquet)
+    one_object = tmp_path / "one.json"
+    one_object.write_text(json.dumps({"problem": "q", "answer": "1"}))
+    with pytest.raises(ValueError, match=r"one\.json: expected a JSON list of objects"):
+        sources.read_table(one_object)
+    with pytest.raises(FileNotFoundError, match="missing.parquet"):
+        sources.read_table(tmp_path / "missing.parquet")
+
+
+def test_a_dataset_spec_needs_exactly_one_place_and_known_keys():
+    with pytest.raises(ValueError, match=r"data\.datasets\.d: give exactly one of hub"):
+        sources.DatasetSpec.from_config("d", {"hub": "org/x", "path": "x.jsonl"})
+    with pytest.raises(ValueError, match=r"data\.datasets\.d\.columns: unknown keys \['solution'\]"):
+        sources.DatasetSpec.from_config("d", {"hub": "org/x", "columns": {"solution": "s"}})
+    with pytest.raises(ValueError, match="is in neither data.datasets nor config/datasets.yaml"):
+        sources.resolve_specs(["nope"], {"aime24": {"hub": "x"}}, {})
+
+
+def test_answers_of_every_stored_type_become_text_math_verify_can_read():
+    assert data.answer_text(6.0) == "6" and data.answer_text(0.5) == "0.5" and data.answer_text(12) == "12"
+    assert data.answer_text(["$1$", "$-1$"]) == "1, -1" and data.answer_text(["$9$"]) == "9"
+    assert data.answer_text(None) is None and data.answer_text("  ") is None and data.answer_text([]) is None
+    assert data.wrap_answer(data.answer_text(["$1$", "$-1$"])) == "$1, -1$"
+
+
+def _rows(problems, source="train"):
+    return [{"source": source, "problem": p, "answer": a} for p, a in problems]
+
+
+def test_prepare_datasets_counts_every_drop_and_names_the_contaminating_benchmark():
+    train = _rows([("What is 1+1?", "2"), ("What  is 1+1?", "2"), ("No answer here.", None), ("", "3"),
+                   ("x" * 900, "1"), ("Prove it, then " + AIME_PROBLEM.lower(), "231"), ("What is 3+3?", "6")])
+    bench = {"aime24": _rows([(AIME_PROBLEM, "231")], "aime24"), "math500": _rows([("What is 9+9?", 18)], "math500")}
+    kept, bench_sets, report = data.prepare_datasets({"train": train}, bench, None, seed=1, ngram=8, max_chars=800)
+    assert {row["problem"] for row in kept} == {"What is 1+1?", "What is 3+3?"}
+    dropped = report["train"]["sources"]["train"]["dropped"]
+    assert dropped == {"no_problem": 1, "no_answer": 1, "too_long": 1, "duplicate": 1, "contaminated": {"aime24": 1}}
+    assert report["train"]["contaminated_by_benchmark"] == {"aime24": 1}
+    assert bench_sets["math500"][0]["answer"] == "$18$" and bench_sets["math500"][0]["source"] == "math500"
+
+
+def test_raising_num_samples_only_appends_and_the_order_ignores_file_row_order():
+    train = _rows([(f"Problem number {i}: compute {i} + {i}.", str(2 * i)) for i in range(50)])
+    first, _, _ = data.prepare_datasets({"train": train}, {}, 20, seed=3, ngram=8)
+    more, _, _ = data.prepare_datasets({"train": list(reversed(train))}, {}, 30, seed=3, ngram=8)
+    assert more[:20] == first
+    other_seed, _, _ = data.prepare_datasets({"train": train}, {}, 20, seed=4, ngram=8)
+    assert other_seed != first
+    with pytest.raises(ValueError, match="data.num_samples is 51 but the training sets hold only 50"):
+        data.prepare_datasets({"train": train}, {}, 51, seed=3, ngram=8)
+
+
+BENCHMARKS = ["aime24", "amc23", "math500", "minerva", "olympiadbench"]
+
+
+@pytest.fixture()
+def hub_run(tmp_path, monkeypatch):
+    """A working directory whose config reads local copies of the hub datasets (source: hub)."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # the datasets cache, kept out of the user's
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    datasets = write_hub_copies(tmp_path / "hub")
+    config = {"data": {"source": "hub", "train_sets": ["deepscaler"], "benchmarks": BENCHMARKS, "datasets": datasets,
+                       "num_samples": 24, "shard_size": 8, "decontamination_ngram": 8, "max_problem_chars": 2000},
+              "eval": {"models": ["student"]}}
+    path = tmp_path / "hub.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return tmp_path / "run", path, config
+
+
+def _run_data_stage(workdir, configfile, *targets):
+    result = snakemake(workdir, configfile, "results/data/report.json", *targets, timeout=600)
+    logs = "\n".join(p.read_text()[-2000:] for p in sorted((workdir / "logs").rglob("*.log"))) if (workdir / "logs").exists() else ""
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:] + logs
+    return result
+
+
+def test_the_data_stage_fetches_hub_datasets_and_prepares_decontaminated_shards(hub_run):
+    workdir, configfile, config = hub_run
+    planned = planned_outputs(workdir, configfile, "results/data/report.json")
+    assert planned["fetch_dataset"] == {f"results/data/raw/{name}.parquet" for name in ["deepscaler"] + BENCHMARKS}
+    _run_data_stage(workdir, configfile)
+    report = json.loads((workdir / "results" / "data" / "report.json").read_text())
+    dropped = report["train"]["sources"]["deepscaler"]["dropped"]
+    assert dropped == {"no_problem": 0, "no_answer": 1, "too_long": 1, "duplicate": 1, "contaminated": {"aime24": 1}}
+    assert report["train"]["kept"] == 24 and report["train"]["usable"] == 40
+    shards = sorted((workdir / "results" / "data" / "shards").glob("*.parquet"))
+    assert [p.name for p in shards] == ["00000.parquet", "00001.parquet", "00002.parquet"]
+    bench = {name: pq.read_table(workdir / "results" / "data" / "bench" / f"{name}.parquet").to_pylist()
+             for name in BENCHMARKS}
+    assert [row["answer"] for row in bench["amc23"]] == ["$6$", "$0.5$"]
+    assert [row["answer"] for row in bench["olympiadbench"]] == ["$1, -1$", "$9$"]
+    assert len(bench["aime24"]) == 2 and all(row["source"] == "minerva" for row in bench["minerva"])
+
+    # Raising num_samples rewrites the data, never refetches, and keeps the existing shards' rows.
+    before = {p.name: pq.read_table(p).to_pylist() for p in shards}
+    config["data"]["num_samples"] = 36
+    configfile.write_text(yaml.safe_dump(config))
+    planned = planned_outputs(workdir, configfile, "results/data/shards/00004.parquet")
+    assert set(planned) == {"prepare_data"}
+    _run_data_stage(workdir, configfile, "results/data/shards/00004.parquet")
+    after = {p.name: pq.read_table(p).to_pylist() for p in sorted((workdir / "results" / "data" / "shards").glob("*"))}
+    assert set(after) == set(before) | {"00003.parquet", "00004.parquet"}
+    assert all(after[name] == rows for name, rows in before.items())
+
+
+def test_a_bad_column_mapping_fails_the_data_stage_naming_key_and_file_and_keeps_the_fetched_data(hub_run):
+    workdir, configfile, config = hub_run
+    _run_data_stage(workdir, configfile)
+    config["data"]["datasets"]["amc23"]["columns"] = {"problem": "prompt"}
+    configfile.write_text(yaml.safe_dump(config))
+    result = snakemake(workdir, configfile, "results/data/report.json", timeout=600)
+    assert result.returncode != 0
+    log = (workdir / "logs" / "data" / "prepare.log").read_text()
+    assert "data.datasets.amc23.columns.problem: column 'prompt' is not in results/data/raw/amc23.parquet" in log
+    assert (workdir / "results" / "data" / "raw" / "deepscaler.parquet").exists()
+
+
+def test_a_hub_dataset_with_source_files_is_refused_before_any_job(hub_run):
+    workdir, configfile, config = hub_run
+    config["data"]["source"] = "files"
+    configfile.write_text(yaml.safe_dump(config))
+    result = snakemake(workdir, configfile, "-n", "results/eval.json", timeout=300)
+    assert result.returncode != 0
+    assert "data.datasets.deepscaler is a hub dataset" in result.stdout + result.stderr
+
+
+def test_choosing_eval_benchmarks_outside_data_benchmarks_is_refused(hub_run):
+    workdir, configfile, config = hub_run
+    config["eval"]["benchmarks"] = ["aime25"]
+    configfile.write_text(yaml.safe_dump(config))
+    result = snakemake(workdir, configfile, "-n", "results/eval.json", timeout=300)
+    assert result.returncode != 0 and "eval.benchmarks: aime25 not in data.benchmarks" in result.stdout + result.stderr
