@@ -133,9 +133,11 @@ def test_train_edits_rerun_only_training_and_the_sft_models_eval(finished_run, t
 
 def test_eval_edits_rerun_only_evaluation(finished_run, tmp_path):
     workdir, _ = finished_run
-    planned = planned_outputs(workdir, edited_config(TINY, tmp_path / "c.yaml", **{"eval.samples_per_problem": 3}))
-    assert set(planned) == {"evaluate", "score_eval", "eval_summary"}
-    assert planned["evaluate"] == {"results/eval/generations/student.parquet", "results/eval/generations/sft.parquet"}
+    for key, value in (("eval.samples_per_problem", 3), ("eval.benchmarks", ["chain_sum"])):
+        planned = planned_outputs(workdir, edited_config(TINY, tmp_path / "c.yaml", **{key: value}))
+        assert set(planned) == {"evaluate", "score_eval", "eval_summary"}, key
+        assert planned["evaluate"] == {"results/eval/generations/student.parquet",
+                                       "results/eval/generations/sft.parquet"}, key
 
 
 def test_reward_edits_rescore_but_never_regenerate(finished_run, tmp_path):
@@ -146,3 +148,15 @@ def test_reward_edits_rescore_but_never_regenerate(finished_run, tmp_path):
     # The student's samples are rescored, not resampled; the SFT model is retrained, so it is resampled.
     assert planned["evaluate"] == {"results/eval/generations/sft.parquet"}
     assert {"results/eval/student.parquet", "results/eval/sft.parquet"} <= planned["score_eval"]
+
+
+def test_rerunning_data_preparation_that_yields_the_same_shards_makes_nothing_stale(finished_run):
+    """Last in this file: it rewrites the finished run's data files (with the same rows)."""
+    workdir, _ = finished_run
+    before = {p.name: p.read_bytes() for p in (workdir / "results" / "data" / "shards").glob("*.parquet")}
+    result = snakemake(workdir, TINY, "--forcerun", "prepare_data", "--until", "prepare_data", "results/eval.json",
+                       timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    after = {p.name: p.read_bytes() for p in (workdir / "results" / "data" / "shards").glob("*.parquet")}
+    assert after == before  # the same rows, byte for byte, in newer files
+    assert planned_outputs(workdir, TINY) == {}

@@ -36,3 +36,14 @@ def test_an_unknown_config_key_is_refused(tmp_path):
     bad = edited_config(TINY, tmp_path / "bad.yaml", **{"curate.reward_treshold": 0.5})
     result = snakemake(tmp_path, bad, "-n", "results/eval.json", timeout=300)
     assert result.returncode != 0 and "reward_treshold" in result.stdout + result.stderr
+
+
+def test_the_deepscaler_run_plans_hub_fetches_and_one_teacher_job_per_shard(tmp_path):
+    result = snakemake(tmp_path, REPO / "config" / "deepscaler.yaml", "-n", "results/eval.json", timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    planned = planned_outputs(tmp_path, REPO / "config" / "deepscaler.yaml")
+    assert planned["fetch_dataset"] == {f"results/data/raw/{name}.parquet" for name in
+                                        ("deepscaler", "aime24", "amc23", "math500", "minerva", "olympiadbench")}
+    assert planned["teacher"] == {f"results/teacher/{k:05d}.parquet" for k in range(32)}
+    assert "prepare_model" not in planned  # hub models, not embedded ones
+    assert planned["evaluate"] == {"results/eval/generations/student.parquet", "results/eval/generations/sft.parquet"}
