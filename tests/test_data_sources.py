@@ -187,3 +187,26 @@ def test_choosing_eval_benchmarks_outside_data_benchmarks_is_refused(hub_run):
     configfile.write_text(yaml.safe_dump(config))
     result = snakemake(workdir, configfile, "-n", "results/eval.json", timeout=300)
     assert result.returncode != 0 and "eval.benchmarks: aime25 not in data.benchmarks" in result.stdout + result.stderr
+
+
+def test_local_files_need_no_fetch_and_editing_one_in_place_reruns_the_data_stage(tmp_path):
+    (tmp_path / "run").mkdir()
+    train = tmp_path / "run" / "train.jsonl"
+    train.write_text("".join(json.dumps({"q": f"Compute {i} times {i + 1}.", "a": i * (i + 1)}) + "\n" for i in range(12)))
+    bench = tmp_path / "run" / "bench.json"
+    bench.write_text(json.dumps([{"problem": "Compute 100 times 101.", "answer": "10100"}]))
+    config = {"data": {"source": "files", "train_sets": ["mine"], "benchmarks": ["held_out"], "num_samples": 8,
+                       "shard_size": 4, "decontamination_ngram": 8,
+                       "datasets": {"mine": {"path": "train.jsonl", "columns": {"problem": "q", "answer": "a"}},
+                                    "held_out": {"path": "bench.json"}}},
+              "eval": {"models": ["student"]}}
+    configfile = tmp_path / "files.yaml"
+    configfile.write_text(yaml.safe_dump(config))
+    assert "fetch_dataset" not in planned_outputs(tmp_path / "run", configfile, "results/data/report.json")
+    _run_data_stage(tmp_path / "run", configfile)
+    rows = pq.read_table(tmp_path / "run" / "results" / "data" / "problems.parquet").to_pylist()
+    assert len(rows) == 8 and all(row["source"] == "mine" for row in rows)
+    assert planned_outputs(tmp_path / "run", configfile, "results/data/report.json") == {}
+    with train.open("a") as handle:
+        handle.write(json.dumps({"q": "Compute 7 plus 7 and then some.", "a": 14}) + "\n")
+    assert set(planned_outputs(tmp_path / "run", configfile, "results/data/report.json")) == {"prepare_data"}
