@@ -1,8 +1,10 @@
 """Supervised fine-tuning with DeepSpeed ZeRO: loss on assistant tokens only (token mean over the global
-batch), cosine schedule with warmup, a Hugging Face folder exported with the template's end of turn as EOS."""
+batch), packed or padded micro-batches, cosine schedule with warmup, checkpoints a killed run resumes from,
+optional LoRA, and a Hugging Face folder exported with the template's end of turn as EOS."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -36,6 +38,15 @@ class TrainConfig:
     max_length: int = 1024
     gradient_checkpointing: bool = False
     seed: int = 0
+    # Packed micro-batches hold up to max_length x micro_batch_size_per_device tokens of whole traces.
+    packing: bool = True
+    # Resumable DeepSpeed states go here, outside the exported folder (Snakemake deletes declared outputs
+    # before a rerun); "" keeps none.
+    checkpoint_dir: str = ""
+    checkpoint_every: int = 0  # optimizer steps between checkpoints; 0: at the end of each epoch
+    lora_rank: int = 0  # 0: full fine-tuning; >0: LoRA adapters on every linear layer, merged at export
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
 
 
 class ConfigError(ValueError):
@@ -53,11 +64,17 @@ def check_config(cfg: TrainConfig, world_size: int, context_length: int | None, 
             f"train.global_batch_size ({cfg.global_batch_size}) is not divisible by "
             f"train.micro_batch_size_per_device ({cfg.micro_batch_size_per_device}) x {world_size} process(es)"
         )
-    if context_length and cfg.max_length > context_length and not rope_scaling:
+    # transformers 5 reports {"rope_type": "default", ...} for a model without scaling: that is not scaling.
+    scaled = bool(rope_scaling) and (rope_scaling.get("rope_type") or rope_scaling.get("type") or "default") != "default"
+    if context_length and cfg.max_length > context_length and not scaled:
         raise ConfigError(
             f"train.max_length ({cfg.max_length}) exceeds the model's context window ({context_length}) and no "
             f"rope scaling is configured; lower train.max_length"
         )
+    if cfg.lora_rank < 0 or cfg.checkpoint_every < 0:
+        raise ConfigError("train.lora_rank and train.checkpoint_every must be >= 0")
+    if cfg.lora_rank and json.loads(Path(cfg.deepspeed_config).read_text()).get("zero_optimization", {}).get("stage") == 3:
+        raise ConfigError("LoRA with ZeRO-3 is not supported here: use config/deepspeed/zero2.json (adapters are small)")
     return cfg.global_batch_size // per_step
 
 
@@ -76,6 +93,7 @@ def load_examples(path: str, tokenizer, end_of_turn_id: int, max_length: int) ->
 
 
 def _collate(batch, pad_id):
+    """Padded micro-batch: input_ids, labels, attention mask (right padding)."""
     import torch
 
     width = max(len(ids) for ids, _ in batch)
@@ -89,14 +107,45 @@ def _collate(batch, pad_id):
     return input_ids, labels, attention
 
 
-def _summed_token_loss(model, input_ids, labels, attention):
-    """Sum of next-token cross-entropy over label tokens, and their count."""
+def micro_batch_loss(model, batch, packed: bool, pad_id: int, device):
+    """Summed next-token loss over the label tokens of one micro-batch, and the positions computed (real
+    tokens + padding) for the padding-waste figure."""
     import torch.nn.functional as F
 
-    logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
-    targets = labels[:, 1:]
-    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
-    return loss, int((targets != IGNORE_INDEX).sum())
+    from mathsft import packing
+
+    if packed:
+        input_ids, labels, positions, bounds = packing.collate_packed(batch)
+        kwargs = {"position_ids": positions.to(device), **packing.packed_kwargs(bounds, device)}
+        computed = input_ids.numel()
+    else:
+        input_ids, labels, attention = _collate(batch, pad_id)
+        kwargs = {"attention_mask": attention.to(device)}
+        computed = input_ids.numel()
+    logits = model(input_ids=input_ids.to(device), **kwargs).logits[:, :-1].float()
+    targets = labels[:, 1:].to(device)
+    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX,
+                           reduction="sum")
+    return loss, computed
+
+
+def epoch_plan(lengths: list[int], cfg: TrainConfig, epoch: int, rank: int, world_size: int) -> list[list[list[int]]]:
+    """This rank's micro-batches (example indices) for each optimizer step of `epoch`. The order depends on
+    (seed, epoch) only, so a resumed run replays exactly the steps it has not done."""
+    from mathsft.packing import pack
+
+    order = list(range(len(lengths)))
+    random.Random(cfg.seed + epoch).shuffle(order)
+    steps = []
+    for start in range(0, len(order), cfg.global_batch_size):
+        mine = order[start : start + cfg.global_batch_size][rank::world_size]
+        if cfg.packing:
+            budget = cfg.max_length * cfg.micro_batch_size_per_device
+            steps.append([[mine[i] for i in group] for group in pack([lengths[i] for i in mine], budget)])
+        else:
+            micro = cfg.micro_batch_size_per_device
+            steps.append([mine[i : i + micro] for i in range(0, len(mine), micro)])
+    return steps
 
 
 def _init_distributed():
@@ -114,13 +163,15 @@ def _init_distributed():
 
 
 def deepspeed_config(path: str, cfg: TrainConfig, gradient_accumulation_steps: int, use_bf16: bool) -> dict:
-    """The JSON at `path` with the batch, optimiser and precision values filled in from `cfg`."""
+    """The JSON at `path` with the batch, optimiser and precision values filled in from `cfg`. Gradient
+    accumulation is ours (managed_gradient_accumulation off): packed steps have varying micro-batch counts."""
     ds = json.loads(Path(path).read_text())
     ds.update(
         train_batch_size=cfg.global_batch_size,
         train_micro_batch_size_per_gpu=cfg.micro_batch_size_per_device,
         gradient_accumulation_steps=gradient_accumulation_steps,
         gradient_clipping=cfg.max_grad_norm,
+        managed_gradient_accumulation=False,
     )
     ds.setdefault("optimizer", {"type": "AdamW", "params": {}})
     ds["optimizer"]["params"].update(lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -140,11 +191,76 @@ def cosine_with_warmup(total_steps: int, warmup_steps: int):
     return factor
 
 
+def run_fingerprint(cfg: TrainConfig) -> str:
+    """What a checkpoint must match to be resumed from: every setting that shapes training, the start model
+    and the training data's content (not where outputs go, nor how often checkpoints are written)."""
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("output_dir", "checkpoint_dir", "checkpoint_every")}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for path in (cfg.train_path, cfg.deepspeed_config):
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+class Checkpoints:
+    """DeepSpeed checkpoints of one run in a scratch folder, with the metrics written so far; only the last
+    one is kept. A folder written for other settings or data is discarded, never resumed from."""
+
+    def __init__(self, folder: str, fingerprint: str, rank: int):
+        self.folder = Path(folder) if folder else None
+        self.fingerprint, self.rank = fingerprint, rank
+
+    def metrics_path(self, fallback: str) -> Path:
+        return self.folder / "metrics.jsonl" if self.folder else Path(fallback + ".partial")
+
+    def resume(self, engine) -> int:
+        """Load the last checkpoint into `engine`; returns the optimizer steps already done (0: fresh)."""
+        if not self.folder or not (self.folder / "latest").is_file():
+            return 0
+        stamp = self.folder / "fingerprint"
+        if not stamp.is_file() or stamp.read_text() != self.fingerprint:
+            log.warning("checkpoints in %s are for other settings or data: starting over", self.folder)
+            return 0
+        _, client_state = engine.load_checkpoint(str(self.folder))
+        log.info("resumed from %s at step %d", self.folder, client_state["step"])
+        return int(client_state["step"])
+
+    def prepare(self, resumed_step: int) -> None:
+        """Fresh run: empty the folder. Resumed run: keep the metrics up to the resumed step only."""
+        if not self.folder or self.rank != 0:
+            return
+        if resumed_step == 0:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder.mkdir(parents=True)
+            (self.folder / "fingerprint").write_text(self.fingerprint)
+            return
+        path = self.folder / "metrics.jsonl"
+        lines = path.read_text().splitlines() if path.is_file() else []
+        path.write_text("".join(line + "\n" for line in lines if json.loads(line)["step"] <= resumed_step))
+
+    def save(self, engine, step: int) -> None:
+        import torch.distributed as dist
+
+        tag = f"step{step:08d}"
+        engine.save_checkpoint(str(self.folder), tag=tag, client_state={"step": step})
+        dist.barrier()
+        if self.rank == 0:
+            for old in self.folder.glob("step*"):
+                if old.name != tag:
+                    shutil.rmtree(old, ignore_errors=True)
+        log.info("checkpoint %s", self.folder / tag)
+
+    def finish(self) -> None:
+        if self.folder and self.rank == 0:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
 def train(cfg: TrainConfig, metrics_path: str) -> dict:
     """Fine-tune cfg.model on cfg.train_path and export a Hugging Face folder to cfg.output_dir."""
     import deepspeed
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from mathsft.packing import packed_attention_implementation
 
     model_config = AutoConfig.from_pretrained(cfg.model)
     rank, world_size = _init_distributed()
@@ -163,13 +279,20 @@ def train(cfg: TrainConfig, metrics_path: str) -> dict:
     if not examples:
         raise ConfigError(f"{cfg.train_path}: no training traces left ({too_long} longer than train.max_length); "
                           "generate more or lower curate.reward_threshold")
-    log.info("%d train traces (%d over max_length %d dropped), %d val traces; end of turn %s",
-             len(examples), too_long, cfg.max_length, len(val_examples), eot)
+    log.info("%d train traces (%d over max_length %d dropped), %d val traces; end of turn %s; %s",
+             len(examples), too_long, cfg.max_length, len(val_examples), eot, "packed" if cfg.packing else "padded")
 
     use_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.bfloat16 if use_bf16 else torch.float32)
+    attention = packed_attention_implementation() if cfg.packing else "sdpa"
+    model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.bfloat16 if use_bf16 else torch.float32,
+                                                 attn_implementation=attention)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    if cfg.lora_rank:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                                 target_modules="all-linear", task_type="CAUSAL_LM"))
     steps_per_epoch = math.ceil(len(examples) / cfg.global_batch_size)
     total_steps = steps_per_epoch * cfg.epochs
     warmup_steps = max(1, round(cfg.warmup_ratio * total_steps)) if cfg.warmup_ratio > 0 else 0
@@ -181,60 +304,84 @@ def train(cfg: TrainConfig, metrics_path: str) -> dict:
     )
     device = engine.device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eot_id
-    micro = cfg.micro_batch_size_per_device
 
-    Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
-    metrics = open(metrics_path, "w")
+    checkpoints = Checkpoints(cfg.checkpoint_dir, run_fingerprint(cfg), rank)
+    resumed = checkpoints.resume(engine)
+    checkpoints.prepare(resumed)
+    every = cfg.checkpoint_every or steps_per_epoch
+    work_metrics = checkpoints.metrics_path(metrics_path)
+    work_metrics.parent.mkdir(parents=True, exist_ok=True)
+    metrics = open(work_metrics, "a" if resumed else "w") if rank == 0 else None
+
+    def record(entry: dict) -> None:
+        if metrics:
+            metrics.write(json.dumps(entry) + "\n")
+            metrics.flush()
+
+    lengths = [len(ids) for ids, _ in examples]
     step, started = 0, time.monotonic()
     for epoch in range(cfg.epochs):
-        order = list(range(len(examples)))
-        random.Random(cfg.seed + epoch).shuffle(order)
         engine.train()
-        for start in range(0, len(order), cfg.global_batch_size):
-            global_batch = [examples[i] for i in order[start : start + cfg.global_batch_size]]
-            # This rank's share, split into micro batches; the loss is the token mean over the global batch.
-            mine = global_batch[rank::world_size]
-            micro_batches = [mine[i : i + micro] for i in range(0, len(mine), micro)]
-            local_tokens = sum(sum(l != IGNORE_INDEX for l in labs[1:]) for _, labs in mine)
-            global_tokens = torch.tensor(float(local_tokens), device=device)
-            if world_size > 1:
-                torch.distributed.all_reduce(global_tokens)
-            step_loss, step_tokens, step_started = 0.0, 0, time.monotonic()
-            # DeepSpeed divides each backward by its accumulation count; pad out to it with empty passes.
-            for k in range(gas):
-                batch = micro_batches[k] if k < len(micro_batches) else None
-                if batch is None:
-                    loss = sum(p.sum() * 0.0 for p in engine.module.parameters() if p.requires_grad)
-                    n = 0
-                else:
-                    input_ids, labels, attention = (t.to(device) for t in _collate(batch, pad_id))
-                    loss, n = _summed_token_loss(engine, input_ids, labels, attention)
-                    step_tokens += int(attention.sum())
-                engine.backward(loss * gas / global_tokens)
-                step_loss += float(loss.detach())
-                engine.step()
+        epoch_computed = epoch_real = 0
+        for micro_batches in epoch_plan(lengths, cfg, epoch, rank, world_size):
             step += 1
-            record = {
-                "step": step, "epoch": epoch, "loss": step_loss / float(global_tokens),
+            if step <= resumed:
+                continue
+            batch_examples = [examples[i] for group in micro_batches for i in group]
+            # Token mean over the global batch: count label tokens on every rank; every rank runs as many
+            # passes as the busiest (ZeRO reduces gradients in each backward, so the counts must match).
+            counts = torch.tensor([sum(sum(l != IGNORE_INDEX for l in labs[1:]) for _, labs in batch_examples),
+                                   sum(len(ids) for ids, _ in batch_examples)], dtype=torch.float64, device=device)
+            passes = torch.tensor([len(micro_batches)], device=device)
+            if world_size > 1:
+                torch.distributed.all_reduce(counts)
+                torch.distributed.all_reduce(passes, op=torch.distributed.ReduceOp.MAX)
+            label_tokens, real_tokens = float(counts[0]), float(counts[1])
+            step_loss, step_computed, step_started = 0.0, 0, time.monotonic()
+            for k in range(int(passes[0])):
+                if k < len(micro_batches):
+                    loss, computed = micro_batch_loss(engine, [examples[i] for i in micro_batches[k]], cfg.packing,
+                                                      pad_id, device)
+                    step_computed += computed
+                else:  # an empty pass that touches every parameter, so this rank joins the reductions
+                    loss = sum(p.sum() * 0.0 for p in engine.module.parameters() if p.requires_grad)
+                # DeepSpeed averages gradients over ranks: scale by world size so they sum to the token mean.
+                engine.backward(loss * world_size / label_tokens, scale_wrt_gas=False)
+                step_loss += float(loss.detach())
+            engine.step()
+            computed_all = torch.tensor([float(step_computed), step_loss], dtype=torch.float64, device=device)
+            if world_size > 1:
+                torch.distributed.all_reduce(computed_all)
+            elapsed = max(time.monotonic() - step_started, 1e-9)
+            epoch_computed += float(computed_all[0])
+            epoch_real += real_tokens
+            record({
+                "step": step, "epoch": epoch, "loss": float(computed_all[1]) / label_tokens,
                 "lr": engine.get_lr()[0], "grad_norm": _float_or_none(engine.get_global_grad_norm()),
-                "tokens_per_s": step_tokens / max(time.monotonic() - step_started, 1e-9),
-                "elapsed_s": time.monotonic() - started,
-            }
-            metrics.write(json.dumps(record) + "\n")
-            metrics.flush()
-            log.info("step %d/%d loss %.4f lr %.2e", step, total_steps, record["loss"], record["lr"])
-        if val_examples:
-            val_loss = evaluate_loss(engine, val_examples, micro, pad_id, device)
-            metrics.write(json.dumps({"step": step, "epoch": epoch, "val_loss": val_loss}) + "\n")
-            metrics.flush()
+                "tokens_per_s": real_tokens / elapsed, "padding_waste": 1.0 - real_tokens / float(computed_all[0]),
+                "micro_batches": len(micro_batches), "elapsed_s": time.monotonic() - started,
+            })
+            log.info("step %d/%d loss %.4f lr %.2e", step, total_steps, float(computed_all[1]) / label_tokens,
+                     engine.get_lr()[0])
+            if checkpoints.folder and (step % every == 0) and step < total_steps:
+                checkpoints.save(engine, step)
+        if epoch_computed:
+            record({"step": step, "epoch": epoch, "epoch_padding_waste": 1.0 - epoch_real / epoch_computed})
+        if val_examples and step > resumed:
+            val_loss = evaluate_loss(engine, val_examples, cfg.micro_batch_size_per_device, pad_id, device)
+            record({"step": step, "epoch": epoch, "val_loss": val_loss})
             log.info("epoch %d val loss %.4f", epoch, val_loss)
-    metrics.close()
+    if metrics:
+        metrics.close()
 
+    export(engine, tokenizer, eot, eot_id, cfg.output_dir, rank)
     if rank == 0:
-        export(engine.module, tokenizer, eot, eot_id, cfg.output_dir)
+        Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(work_metrics, metrics_path) if not checkpoints.folder else shutil.copyfile(work_metrics, metrics_path)
+    checkpoints.finish()
     summary = {"train_traces": len(examples), "dropped_too_long": too_long, "val_traces": len(val_examples),
-               "val_dropped_too_long": val_too_long, "steps": step, "elapsed_s": round(time.monotonic() - started, 1),
-               "end_of_turn": eot, "config": asdict(cfg)}
+               "val_dropped_too_long": val_too_long, "steps": step, "resumed_from_step": resumed,
+               "elapsed_s": round(time.monotonic() - started, 1), "end_of_turn": eot, "config": asdict(cfg)}
     return summary
 
 
@@ -243,33 +390,51 @@ def _float_or_none(value):
 
 
 def evaluate_loss(engine, examples, micro, pad_id, device) -> float:
-    """Token-mean loss over `examples` (no gradient)."""
+    """Token-mean loss over `examples` (no gradient), in padded micro-batches."""
     import torch
 
     engine.eval()
     total, count = 0.0, 0
     with torch.no_grad():
         for start in range(0, len(examples), micro):
-            input_ids, labels, attention = (t.to(device) for t in _collate(examples[start : start + micro], pad_id))
-            loss, n = _summed_token_loss(engine, input_ids, labels, attention)
-            total, count = total + float(loss), count + n
+            batch = examples[start : start + micro]
+            loss, _ = micro_batch_loss(engine, batch, False, pad_id, device)
+            total += float(loss)
+            count += sum(sum(l != IGNORE_INDEX for l in labs[1:]) for _, labs in batch)
     engine.train()
     return total / max(count, 1)
 
 
-def export(model, tokenizer, eot: str, eot_id: int, output_dir: str) -> None:
-    """Write a Hugging Face folder whose EOS is the template's end of turn, atomically (temp, rename)."""
-    out = Path(output_dir)
-    tmp = out.with_name(f".{out.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.config.eos_token_id = eot_id
-    if model.generation_config is not None:
-        model.generation_config.eos_token_id = eot_id
-    tokenizer.eos_token = eot
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    log.info("exported %s", out)
+def export(engine, tokenizer, eot: str, eot_id: int, output_dir: str, rank: int) -> None:
+    """Write a Hugging Face folder (ZeRO-3 shards gathered, LoRA adapters merged) whose EOS is the template's
+    end of turn, atomically (temporary folder, then rename). Rank 0 writes."""
+    import deepspeed
+    import torch.distributed as dist
+
+    model = engine.module
+    stage3 = engine.zero_optimization_stage() == 3
+    with deepspeed.zero.GatheredParameters(list(model.parameters()), enabled=stage3):
+        if rank == 0:
+            if hasattr(model, "merge_and_unload"):  # LoRA: fold the adapters into the weights
+                model = model.merge_and_unload()
+            out = Path(output_dir)
+            tmp = out.with_name(f".{out.name}.tmp")
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            model.config.eos_token_id = eot_id
+            if model.generation_config is not None:
+                model.generation_config.eos_token_id = eot_id
+            tokenizer.eos_token = eot
+            state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()} if stage3 else None
+            model.save_pretrained(tmp, state_dict=state)
+            tokenizer.save_pretrained(tmp)
+            config_path = tmp / "config.json"  # the packed attention is ours; loaders use their default
+            config = json.loads(config_path.read_text())
+            config.pop("_attn_implementation", None)
+            config_path.write_text(json.dumps(config, indent=2) + "\n")
+            if out.exists():
+                shutil.rmtree(out)
+            os.replace(tmp, out)
+            log.info("exported %s", out)
+    if dist.is_initialized():
+        dist.barrier()

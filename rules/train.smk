@@ -7,8 +7,10 @@ rule train:
         deepspeed=repo_file(config["train"]["deepspeed"]),
     output:
         model=directory("results/models/{run}"),
-        metrics="results/train/{run}/metrics.jsonl",
-        summary="results/train/{run}/summary.json",
+        metrics=report("results/train/{run}/metrics.jsonl", category="Training",
+                       labels={"run": "{run}", "file": "metrics.jsonl"}),
+        summary=report("results/train/{run}/summary.json", category="Training",
+                       labels={"run": "{run}", "file": "summary.json"}),
     params:
         model=model_path(config["train"]["model"]),
         epochs=config["train"]["epochs"],
@@ -21,8 +23,13 @@ rule train:
         max_length=config["train"]["max_length"],
         gradient_checkpointing="--gradient_checkpointing" if config["train"]["gradient_checkpointing"] else "",
         seed=config["train"]["seed"],
+        packing="--packing" if config["train"]["packing"] else "--no-packing",
+        lora=f"--lora_rank {config['train']['lora_rank']} --lora_alpha {config['train']['lora_alpha']}"
+        f" --lora_dropout {config['train']['lora_dropout']}",
     resources:
         gpu=config["train"]["gpus"],
+        # How often states are saved does not change the result: a resource, not a param.
+        checkpoint_every=config["train"]["checkpoint_every"],
     threads: 8
     conda:
         CONDA_ENV
@@ -39,4 +46,6 @@ rule train:
         " --global_batch_size {params.global_batch_size}"
         " --micro_batch_size_per_device {params.micro_batch_size_per_device}"
         " --max_length {params.max_length} {params.gradient_checkpointing} --seed {params.seed}"
+        " {params.packing} {params.lora} --checkpoint_every {resources.checkpoint_every}"
+        " --checkpoint_dir results/train/{wildcards.run}/checkpoints"
         " --threads {threads} > {log} 2>&1"

@@ -32,7 +32,7 @@ def main() -> None:
         if field.type == "bool":
             parser.add_argument(f"--{field.name}", action=argparse.BooleanOptionalAction, default=field.default)
         else:
-            parser.add_argument(f"--{field.name}", type={"int": int, "float": float}[field.type], default=field.default)
+            parser.add_argument(f"--{field.name}", type={"int": int, "float": float, "str": str}[field.type], default=field.default)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args()
     setup_logging()

@@ -28,6 +28,9 @@ def test_max_length_over_the_context_window_is_refused_unless_rope_scaling(tmp_p
     # The seed trains Qwen2.5-Math-1.5B (context 4096) at 6144.
     with pytest.raises(ConfigError, match="context window"):
         check_config(_cfg(tmp_path, max_length=6144), 1, 4096, None)
+    # transformers 5 describes an unscaled model's rope as rope_type "default": still refused.
+    with pytest.raises(ConfigError, match="context window"):
+        check_config(_cfg(tmp_path, max_length=6144), 1, 4096, {"rope_type": "default", "rope_theta": 10000.0})
     check_config(_cfg(tmp_path, max_length=6144), 1, 4096, {"type": "yarn", "factor": 2.0})
 
 

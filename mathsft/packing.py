@@ -1,0 +1,88 @@
+"""Sequence packing for training: traces binned into micro-batches of at most a token budget, laid end to
+end in one row with positions restarting per trace, and an attention that never looks across a trace
+boundary (per-trace causal attention; flash-attention's varlen kernel where it is installed)."""
+
+from __future__ import annotations
+
+from mathsft.chat import IGNORE_INDEX
+
+ATTENTION = "mathsft_packed"
+
+
+def pack(lengths: list[int], budget: int) -> list[list[int]]:
+    """Indices of `lengths` grouped into bins whose sums stay within `budget` (first fit, longest first:
+    within 11/9 of the fewest bins). Deterministic: ties keep index order."""
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for index in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        if lengths[index] > budget:
+            raise ValueError(f"a trace of {lengths[index]} tokens does not fit a micro-batch of {budget} tokens")
+        for b, free in enumerate(room):
+            if lengths[index] <= free:
+                bins[b].append(index)
+                room[b] -= lengths[index]
+                break
+        else:
+            bins.append([index])
+            room.append(budget - lengths[index])
+    return bins
+
+
+def collate_packed(batch: list[tuple[list[int], list[int]]]):
+    """One row of the traces in `batch` end to end: input_ids, labels, position_ids (restarting at 0 for
+    each trace) and the cumulative trace lengths the attention splits on. The first token of each trace
+    has no label, so no trace is trained to predict the start of the next."""
+    import torch
+
+    input_ids, labels, positions, bounds = [], [], [], [0]
+    for ids, labs in batch:
+        input_ids += ids
+        labels += [IGNORE_INDEX] + labs[1:]
+        positions += range(len(ids))
+        bounds.append(bounds[-1] + len(ids))
+    as_row = lambda values: torch.tensor(values, dtype=torch.long).unsqueeze(0)  # noqa: E731
+    return as_row(input_ids), as_row(labels), as_row(positions), torch.tensor(bounds, dtype=torch.int32)
+
+
+def packed_kwargs(cu_seqlens, device) -> dict:
+    """Keyword arguments a model's forward passes down to its attention for one packed row."""
+    cu = cu_seqlens.to(device)
+    longest = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+    return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": longest, "max_length_k": longest}
+
+
+def per_trace_attention(module, query, key, value, attention_mask, cu_seq_lens_q=None, **kwargs):
+    """Causal attention within each packed trace: cost is the sum of squared trace lengths, never the
+    square of the row (a dense block-diagonal mask over an 8k-token row is what ran out of memory)."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if cu_seq_lens_q is None:  # not packed (e.g. generation): ordinary causal attention
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    kwargs.pop("is_causal", None)
+    bounds = cu_seq_lens_q.tolist()
+    outputs = [
+        sdpa_attention_forward(module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], None, is_causal=True,
+                               **kwargs)[0]
+        for a, b in zip(bounds[:-1], bounds[1:])
+    ]
+    return torch.cat(outputs, dim=1), None
+
+
+def register_attention() -> str:
+    """Register the per-trace attention with transformers; returns the attn_implementation name to use."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTENTION, per_trace_attention)
+    return ATTENTION
+
+
+def packed_attention_implementation() -> str:
+    """flash_attention_2 (varlen over cu_seq_lens) when a GPU and flash-attn are present, else ours."""
+    import importlib.util
+
+    import torch
+
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return register_attention()
