@@ -2,10 +2,14 @@
 """Training throughput and MFU of mathsft's trainer on a GPU, for the deepscaler student's shape.
 
 Builds a randomly initialised model with Qwen2.5-Math-1.5B's architecture (or loads --model), writes a
-synthetic curated set of fixed-length chat traces, runs mathsft.train.train (DeepSpeed ZeRO, bf16) for a
-few steps and prints tokens/s and MFU from the trainer's own metrics log. Run on a GPU machine:
+synthetic curated set of chat traces (fixed length, or with --packing lengths spread evenly over
+[seq_len/4, seq_len] as real traces are), runs mathsft.train.train (DeepSpeed ZeRO, bf16) for a few steps
+and prints tokens/s and MFU from the trainer's own metrics log. Run on a GPU machine:
 
-    python bench/gpu_train_step.py --tokenizer PATH_TO_A_CHATML_TOKENIZER --steps 6
+    python bench/gpu_train_step.py --tokenizer PATH_TO_A_CHATML_TOKENIZER --steps 6 [--packing]
+
+Model FLOPs per trace of l tokens: l x (6N + 12 x layers x hidden x l) (PaLM's convention: no discount for
+causal attention), summed over the traces of the timed steps.
 """
 
 from __future__ import annotations
@@ -25,18 +29,23 @@ QWEN25_MATH_15B = dict(
 PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}  # dense, SXM
 
 
-def synthetic_traces(tokenizer, count: int, tokens: int) -> list[dict]:
-    """Curated-set rows whose chat-formatted length is close to `tokens`."""
+def synthetic_traces(tokenizer, lengths: list[int]) -> tuple[list[dict], list[int]]:
+    """Curated-set rows whose chat-formatted lengths are close to `lengths` (and those lengths)."""
     from mathsft.chat import end_of_turn_token, tokenize_example
 
     eot_id = tokenizer.convert_tokens_to_ids(end_of_turn_token(tokenizer))
     messages = [{"role": "user", "content": "Compute the sum of the first 100 primes."}]
     words = "we add the next prime to the running total and check the parity of the result".split()
-    response = " ".join(words[i % len(words)] for i in range(tokens))
-    while len(tokenize_example(tokenizer, messages, response, eot_id)[0]) > tokens:
-        response = response[: int(len(response) * 0.98)]
+    long_ids = tokenizer(" ".join(words[i % len(words)] for i in range(max(lengths))), add_special_tokens=False)["input_ids"]
+    overhead = len(tokenize_example(tokenizer, messages, "", eot_id)[0])
+    responses, actual = {}, []
+    for tokens in sorted(set(lengths)):
+        response = tokenizer.decode(long_ids[: max(1, tokens - overhead - 2)])
+        responses[tokens] = (response, len(tokenize_example(tokenizer, messages, response, eot_id)[0]))
     rows = []
-    for i in range(count):
+    for i, tokens in enumerate(lengths):
+        response = responses[tokens][0]
+        actual.append(responses[tokens][1])
         rows.append({
             "problem_id": f"{i:016x}", "source": "synthetic", "problem": messages[0]["content"], "answer": "$1$",
             "sample_index": 0, "messages": json.dumps(messages), "response": response, "finish_reason": "stop",
@@ -44,7 +53,7 @@ def synthetic_traces(tokenizer, count: int, tokens: int) -> list[dict]:
             "api": "chat", "temperature": 0.6, "top_p": 0.95, "max_tokens": tokens, "seed": i, "latency_s": 0.0,
             "extracted_answer": "1", "reward": 1.0, "verifier_status": "correct",
         })
-    return rows
+    return rows, actual
 
 
 def main() -> None:
@@ -57,6 +66,8 @@ def main() -> None:
     parser.add_argument("--global_batch", type=int, default=16)
     parser.add_argument("--deepspeed", default=str(Path(__file__).resolve().parents[1] / "config/deepspeed/zero2.json"))
     parser.add_argument("--gradient_checkpointing", action="store_true")
+    parser.add_argument("--packing", action="store_true",
+                        help="varied trace lengths packed into micro-batches of seq_len x micro_batch tokens")
     args = parser.parse_args()
 
     import torch
@@ -77,12 +88,18 @@ def main() -> None:
         tokenizer.save_pretrained(model_dir)
         del model
         torch.cuda.empty_cache()
-    rows = synthetic_traces(tokenizer, args.global_batch * args.steps, args.seq_len)
+    count = args.global_batch * args.steps
+    if args.packing:  # evenly spread over [seq_len/4, seq_len], in a shuffled order
+        lengths = [args.seq_len // 4 + (i * 7919) % (args.seq_len - args.seq_len // 4 + 1) for i in range(count)]
+    else:
+        lengths = [args.seq_len] * count
+    rows, lengths = synthetic_traces(tokenizer, lengths)
     write_parquet(rows, work / "train.parquet", SCORED_SCHEMA)
     cfg = TrainConfig(model=model_dir, train_path=str(work / "train.parquet"), val_path=str(work / "none.parquet"),
                       output_dir=str(work / "out"), deepspeed_config=args.deepspeed, epochs=1, learning_rate=1e-5,
                       global_batch_size=args.global_batch, micro_batch_size_per_device=args.micro_batch,
-                      max_length=args.seq_len, gradient_checkpointing=args.gradient_checkpointing)
+                      max_length=args.seq_len, gradient_checkpointing=args.gradient_checkpointing,
+                      packing=args.packing)
     started = time.monotonic()
     summary = train(cfg, str(work / "metrics.jsonl"))
     wall = time.monotonic() - started
@@ -94,13 +111,18 @@ def main() -> None:
         n_params = sum(p.numel() for p in AutoModelForCausalLM.from_config(mc).parameters())  # tied: once
     timed = steps[1:]  # the first step includes warm-up
     tokens_per_s = sum(s["tokens_per_s"] for s in timed) / len(timed)
-    flops_per_token = 6 * n_params + 12 * mc.num_hidden_layers * mc.hidden_size * args.seq_len
+    # Every trace is trained on once per epoch, so the mean FLOPs per token over the set is the same as over
+    # the timed steps up to the shuffle.
+    flops = sum(l * (6 * n_params + 12 * mc.num_hidden_layers * mc.hidden_size * l) for l in lengths)
+    flops_per_token = flops / sum(lengths)
     name = torch.cuda.get_device_name()
     peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
     achieved = flops_per_token * tokens_per_s / 1e12
     print(json.dumps({
         "device": name, "params": n_params, "seq_len": args.seq_len, "micro_batch": args.micro_batch,
-        "global_batch": args.global_batch, "steps_timed": len(timed), "tokens_per_s": round(tokens_per_s, 1),
+        "global_batch": args.global_batch, "packing": args.packing, "mean_trace_tokens": round(sum(lengths) / len(lengths)),
+        "padding_waste": round(sum(s["padding_waste"] for s in timed) / len(timed), 4),
+        "steps_timed": len(timed), "tokens_per_s": round(tokens_per_s, 1),
         "model_tflops": round(achieved, 1), "peak_bf16_tflops": peak,
         "mfu": round(achieved / peak, 4) if peak else None, "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 1),
         "train_wall_s": round(wall, 1), "losses": [round(s["loss"], 3) for s in steps], "summary_steps": summary["steps"],

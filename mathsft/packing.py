@@ -51,15 +51,48 @@ def packed_kwargs(cu_seqlens, device) -> dict:
     return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": longest, "max_length_k": longest}
 
 
-def per_trace_attention(module, query, key, value, attention_mask, cu_seq_lens_q=None, **kwargs):
+_varlen_failed = False
+
+
+def _varlen_attention(module, query, key, value, cu_seqlens, max_length, scaling):
+    """PyTorch's varlen flash attention over a packed row (CUDA): (1, H, L, D) in, (1, L, H, D) out."""
+    import inspect
+
+    from torch.nn.attention.varlen import varlen_attn
+
+    options = inspect.signature(varlen_attn).parameters
+    q, k, v = (t[0].transpose(0, 1).contiguous() for t in (query, key, value))  # (L, heads, D)
+    kwargs = {"scale": scaling}
+    kwargs.update({"window_size": (-1, 0)} if "window_size" in options else {"is_causal": True})
+    if k.shape[1] != q.shape[1]:
+        if "enable_gqa" in options:
+            kwargs["enable_gqa"] = True
+        else:
+            k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], dim=1) for t in (k, v))
+    return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_length, max_length, **kwargs).unsqueeze(0)
+
+
+def per_trace_attention(module, query, key, value, attention_mask, cu_seq_lens_q=None, max_length_q=None, **kwargs):
     """Causal attention within each packed trace: cost is the sum of squared trace lengths, never the
-    square of the row (a dense block-diagonal mask over an 8k-token row is what ran out of memory)."""
+    square of the row (a dense block-diagonal mask over an 8k-token row is what ran out of memory). On a
+    GPU, one varlen flash-attention call; on a CPU (or if that kernel is missing), a loop over the traces."""
+    global _varlen_failed
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     if cu_seq_lens_q is None:  # not packed (e.g. generation): ordinary causal attention
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     kwargs.pop("is_causal", None)
+    kwargs.pop("cu_seq_lens_k", None), kwargs.pop("max_length_k", None)
+    if query.is_cuda and not _varlen_failed:
+        try:
+            return _varlen_attention(module, query, key, value, cu_seq_lens_q, max_length_q,
+                                     kwargs.get("scaling", module.scaling)), None
+        except (ImportError, RuntimeError, TypeError) as exc:
+            _varlen_failed = True
+            import logging
+
+            logging.getLogger(__name__).warning("varlen attention unavailable (%s): attending trace by trace", exc)
     bounds = cu_seq_lens_q.tolist()
     outputs = [
         sdpa_attention_forward(module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], None, is_causal=True,
@@ -78,7 +111,8 @@ def register_attention() -> str:
 
 
 def packed_attention_implementation() -> str:
-    """flash_attention_2 (varlen over cu_seq_lens) when a GPU and flash-attn are present, else ours."""
+    """flash_attention_2 (varlen over cu_seq_lens) when a GPU and flash-attn are present, else ours (which
+    uses PyTorch's own varlen flash attention on a GPU)."""
     import importlib.util
 
     import torch

@@ -107,26 +107,58 @@ def _collate(batch, pad_id):
     return input_ids, labels, attention
 
 
+LOSS_CHUNK_TOKENS = 4096
+
+
+def _decoder_and_head(model):
+    """The transformer body and the output projection of a causal LM (through a DeepSpeed engine or a LoRA
+    wrapper): the loss computes logits itself, only where there are labels."""
+    module = getattr(model, "module", model)
+    if hasattr(module, "get_base_model"):
+        module = module.get_base_model()
+    return module.get_decoder(), module.get_output_embeddings()
+
+
+def _chunk_loss(head, hidden, targets):
+    import torch.nn.functional as F
+
+    return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
+
+
+def summed_label_loss(model, input_ids, labels, **kwargs):
+    """Sum of next-token cross-entropy over the label tokens. Logits are made only at label positions and
+    LOSS_CHUNK_TOKENS at a time, recomputed in the backward pass: a 150k-token vocabulary's float32 logits
+    for every position of a packed row would be the largest tensor of the step."""
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    decoder, head = _decoder_and_head(model)
+    hidden = decoder(input_ids=input_ids, **kwargs).last_hidden_state[:, :-1]
+    targets = labels[:, 1:]
+    keep = targets != IGNORE_INDEX
+    hidden, targets = hidden[keep], targets[keep]
+    if targets.numel() == 0:
+        return hidden.sum() * 0.0
+    total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    for start in range(0, targets.numel(), LOSS_CHUNK_TOKENS):
+        chunk = slice(start, start + LOSS_CHUNK_TOKENS)
+        total = total + checkpoint(_chunk_loss, head, hidden[chunk], targets[chunk], use_reentrant=False)
+    return total
+
+
 def micro_batch_loss(model, batch, packed: bool, pad_id: int, device):
     """Summed next-token loss over the label tokens of one micro-batch, and the positions computed (real
     tokens + padding) for the padding-waste figure."""
-    import torch.nn.functional as F
-
     from mathsft import packing
 
     if packed:
         input_ids, labels, positions, bounds = packing.collate_packed(batch)
         kwargs = {"position_ids": positions.to(device), **packing.packed_kwargs(bounds, device)}
-        computed = input_ids.numel()
     else:
         input_ids, labels, attention = _collate(batch, pad_id)
         kwargs = {"attention_mask": attention.to(device)}
-        computed = input_ids.numel()
-    logits = model(input_ids=input_ids.to(device), **kwargs).logits[:, :-1].float()
-    targets = labels[:, 1:].to(device)
-    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX,
-                           reduction="sum")
-    return loss, computed
+    loss = summed_label_loss(model, input_ids.to(device), labels.to(device), **kwargs)
+    return loss, input_ids.numel()
 
 
 def epoch_plan(lengths: list[int], cfg: TrainConfig, epoch: int, rank: int, world_size: int) -> list[list[list[int]]]:

@@ -55,3 +55,29 @@ def test_the_loss_of_a_packed_row_equals_the_traces_losses_one_by_one(student_di
     assert model.config._attn_implementation == packing.ATTENTION
     assert torch.allclose(packed, one_by_one, rtol=1e-4), (float(packed), float(one_by_one))
     assert not torch.allclose(dense, one_by_one, rtol=1e-3)
+
+
+def test_the_chunked_label_only_loss_equals_cross_entropy_over_full_logits(student_dir, student_tokenizer, monkeypatch):
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM
+
+    from mathsft import train
+    from mathsft.chat import end_of_turn_token, tokenize_example
+
+    eot_id = student_tokenizer.convert_tokens_to_ids(end_of_turn_token(student_tokenizer))
+    ids, labels = tokenize_example(student_tokenizer, [{"role": "user", "content": "Add 13 and 29."}],
+                                   "13 + 29 = 42, so the answer is \\boxed{42}.", eot_id)
+    model = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32)
+    ids, labels = torch.tensor([ids]), torch.tensor([labels])
+    monkeypatch.setattr(train, "LOSS_CHUNK_TOKENS", 5)  # several chunks even for a short answer
+    chunked = train.summed_label_loss(model, ids, labels)
+    chunked.backward()
+    chunked_grad = model.model.layers[0].mlp.up_proj.weight.grad.clone()
+    model.zero_grad()
+    logits = model(input_ids=ids).logits[0, :-1]
+    full = F.cross_entropy(logits, labels[0, 1:], ignore_index=IGNORE_INDEX, reduction="sum")
+    full.backward()
+    assert torch.allclose(chunked, full, rtol=1e-5)
+    full_grad = model.model.layers[0].mlp.up_proj.weight.grad
+    assert (chunked_grad - full_grad).norm() / full_grad.norm() < 1e-4  # float32 summation order only
