@@ -1,49 +1,148 @@
-"""Curation: one DuckDB query (sql/curate.sql) from scored trajectories to the SFT train/val sets."""
+"""Curation: one DuckDB query (sql/curate.sql) from scored trajectories to the SFT train/val sets and their funnel."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from mathsft.io import SCORED_SCHEMA, write_json, write_parquet
 
 SQL_PATH = Path(__file__).with_name("sql") / "curate.sql"
+SELECTIONS = ("shortest", "random")
+# The funnel's steps, each a subset of the one before, and the stages (sql/curate.sql) that leave at each step.
+FUNNEL_STEPS = ("generated", "correct", "finished", "fits", "kept")
+DROPPED_STAGES = ("wrong", "unfinished", "too_long", "over_cap")
+
+
+def check_inputs(files: list[str]) -> None:
+    """Fail before any work if a scored shard is missing, not parquet, or lacks a column of SCORED_SCHEMA.
+
+    Reads only each file's footer, so it costs milliseconds however big the shards are.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not files:
+        raise ValueError("no scored shards given to curate: check the inputs (results/scored/*.parquet)")
+    for path in files:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: scored shard not found; run the reward stage for it first")
+        try:
+            names = pq.read_schema(path).names
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise ValueError(f"{path}: not a readable parquet file ({exc}); rerun the reward stage for it") from exc
+        missing = [name for name in SCORED_SCHEMA.names if name not in names]
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; is this the output of the reward stage?")
 
 
 def curate(files: list[str], train_path: str, val_path: str, stats_path: str, reward_threshold: float,
-           max_traces_per_problem: int, val_fraction: float) -> dict:
-    """Run the curate SQL over `files`, write train/val parquet and stats.json (with the SQL); returns the stats."""
+           max_traces_per_problem: int, val_fraction: float, *, max_length: int, selection: str = "shortest",
+           seed: int = 0, threads: int | None = None) -> dict:
+    """Run sql/curate.sql over `files`; write the kept traces to train/val parquet and the funnel, split sizes,
+    params and SQL to stats.json. Returns the stats. `threads` (default: DuckDB's, all cores) never changes
+    the outputs."""
     import duckdb
 
-    if not files:
-        raise ValueError("no scored shards given to curate")
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"curate.val_fraction must be in [0, 1), got {val_fraction}")
+    if max_traces_per_problem < 1:
+        raise ValueError(f"curate.max_traces_per_problem must be at least 1, got {max_traces_per_problem}")
+    if max_length < 1:
+        raise ValueError(f"max_length must be a positive token count (train.max_length), got {max_length}")
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
+    check_inputs(files)
+
     sql = SQL_PATH.read_text()
-    params = {"files": list(files), "reward_threshold": reward_threshold,
-              "max_traces_per_problem": max_traces_per_problem, "val_fraction": val_fraction}
+    params = {"reward_threshold": reward_threshold, "max_length": max_length,
+              "max_traces_per_problem": max_traces_per_problem, "selection": selection, "seed": seed,
+              "val_fraction": val_fraction}
+    query_params = params | {"files": list(files)}
     con = duckdb.connect()
-    con.execute(f"CREATE TEMP TABLE curated AS {sql}", params)
-    funnel = con.execute(
-        """SELECT count(*) AS generated,
-                  count(*) FILTER (reward >= $reward_threshold) AS correct,
-                  count(*) FILTER (reward >= $reward_threshold AND finish_reason = 'stop') AS finished,
-                  count(DISTINCT problem_id) AS problems
-           FROM read_parquet($files)""",
-        {"files": params["files"], "reward_threshold": reward_threshold},
-    ).fetchall()[0]
-    splits = {}
-    for split, path in (("train", train_path), ("val", val_path)):
-        table = con.sql("SELECT * EXCLUDE (split) FROM curated WHERE split = $split ORDER BY problem_id, sample_index",
-                        params={"split": split}).to_arrow_table()
-        write_parquet(table, path, SCORED_SCHEMA)
-        splits[split] = {"traces": table.num_rows, "problems": len(set(table.column("problem_id").to_pylist()))}
-    stats = {
-        "funnel": dict(zip(("generated", "correct", "finished", "problems"), funnel))
-        | {"kept": splits["train"]["traces"] + splits["val"]["traces"]},
-        "splits": splits,
-        "params": {k: v for k, v in params.items() if k != "files"},
-        "inputs": sorted(files),
-        "sql": sql,
-    }
+    if threads:
+        con.execute(f"SET threads = {int(threads)}")
+
+    # Pass 1: the annotation of every trace, small columns only. DuckDB prunes the unused columns from the
+    # scan, so the texts (problem, messages, response: nearly all the bytes) are not read here.
+    con.execute(
+        f"""CREATE TEMP TABLE curation AS
+            SELECT file_index, file_row_number, problem_id, sample_index, source, stage, split FROM ({sql})""",
+        query_params,
+    )
+    _check_unique(con, files)
+    splits = {split: {"traces": 0, "problems": 0} for split in ("train", "val")}
+    for split, traces, problems in con.sql(
+        "SELECT split, count(*), count(DISTINCT problem_id) FROM curation WHERE stage = 'kept' GROUP BY split"
+    ).fetchall():
+        splits[split] = {"traces": traces, "problems": problems}
+    stats = {**_funnel(con), "splits": splits, "params": params, "inputs": sorted(files), "sql": sql}
+
+    # Pass 2: the kept traces with all their columns, fetched by their place in the files (a late
+    # materialisation), train first, each side in (problem_id, sample_index) order: one read of the texts,
+    # and only the kept ones are held, once, in Arrow.
+    columns = ", ".join(f"t.{name}" for name in SCORED_SCHEMA.names)
+    kept = con.sql(
+        f"""SELECT {columns}
+            FROM read_parquet($files) t
+            JOIN (SELECT file_index, file_row_number, split FROM curation WHERE stage = 'kept') k
+              ON t.file_index = k.file_index AND t.file_row_number = k.file_row_number
+            ORDER BY k.split, t.problem_id, t.sample_index""",
+        params={"files": list(files)},
+    ).to_arrow_table()
+    con.close()
+    n_train = splits["train"]["traces"]
+    write_parquet(_even_chunks(kept.slice(0, n_train)), train_path, SCORED_SCHEMA)
+    write_parquet(_even_chunks(kept.slice(n_train)), val_path, SCORED_SCHEMA)
+    del kept
     write_json(stats, stats_path)
     return stats
+
+
+def _even_chunks(table, rows: int = 2048):
+    """`table` in chunks of `rows` rows (the last one shorter): pyarrow's parquet bytes depend on the chunk
+    layout, and DuckDB's layout on its thread count. A window spanning two chunks is copied; DuckDB's chunks
+    are whole multiples of its vector size (2048 rows), so usually none is."""
+    import pyarrow as pa
+
+    batches = [batch for start in range(0, table.num_rows, rows)
+               for batch in table.slice(start, rows).combine_chunks().to_batches()]
+    return pa.Table.from_batches(batches, schema=table.schema)
+
+
+def _check_unique(con, files: list[str]) -> None:
+    """A trace is (problem_id, sample_index); a repeat (a shard given twice, say) would be kept twice."""
+    repeats = con.sql(
+        """SELECT problem_id, sample_index FROM curation GROUP BY problem_id, sample_index HAVING count(*) > 1
+           ORDER BY problem_id, sample_index LIMIT 3"""
+    ).fetchall()
+    if repeats:
+        where = []
+        for problem_id, sample_index in repeats:  # which files, asked only now: a list per trace costs 5x more
+            indices = con.sql("SELECT file_index FROM curation WHERE problem_id = $p AND sample_index = $k ORDER BY 1",
+                              params={"p": problem_id, "k": sample_index}).fetchall()
+            where.append(f"problem {problem_id} sample {sample_index} in {', '.join(files[i] for i, in indices)}")
+        raise ValueError(f"repeated traces across the scored shards ({'; '.join(where)}); is a shard listed twice?")
+
+
+def _funnel(con) -> dict:
+    """The funnel generated -> correct -> finished -> fits -> kept, in total and per source, and the drops by stage."""
+    # Each step counts the traces that did not leave at it or an earlier one.
+    steps = ", ".join(
+        f"count(*) FILTER (stage NOT IN ({', '.join(repr(s) for s in DROPPED_STAGES[:i])})) AS {step}" if i else
+        f"count(*) AS {step}"
+        for i, step in enumerate(FUNNEL_STEPS)
+    )
+    rows = con.sql(f"SELECT source, {steps} FROM curation GROUP BY source ORDER BY source").fetchall()
+    by_source = {source: dict(zip(FUNNEL_STEPS, counts)) for source, *counts in rows}
+    total = {step: sum(counts[step] for counts in by_source.values()) for step in FUNNEL_STEPS}
+    dropped = dict(con.sql("SELECT stage, count(*) FROM curation WHERE stage <> 'kept' GROUP BY stage").fetchall())
+    problems = con.sql(
+        "SELECT count(DISTINCT problem_id), count(DISTINCT problem_id) FILTER (stage = 'kept') FROM curation"
+    ).fetchall()[0]
+    return {
+        "funnel": total,
+        "funnel_by_source": by_source,
+        "dropped": {stage: dropped.get(stage, 0) for stage in DROPPED_STAGES},
+        "problems": {"generated": problems[0], "kept": problems[1]},
+    }

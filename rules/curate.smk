@@ -6,11 +6,15 @@ rule curate:
     output:
         train="results/sft/train.parquet",
         val="results/sft/val.parquet",
-        stats="results/sft/stats.json",
+        stats=report("results/sft/stats.json", category="Curation", labels={"file": "stats.json"}),
     params:
         reward_threshold=config["curate"]["reward_threshold"],
         max_traces_per_problem=config["curate"]["max_traces_per_problem"],
         val_fraction=config["curate"]["val_fraction"],
+        selection=config["curate"]["selection"],
+        seed=config["curate"]["seed"],
+        # Traces longer than training takes are dropped here (counted), never truncated.
+        max_length=config["train"]["max_length"],
     conda:
         CONDA_ENV
     log:
@@ -19,4 +23,5 @@ rule curate:
         "python {SCRIPTS}/curate_sft.py --inputs {input.scored} --train {output.train} --val {output.val}"
         " --stats {output.stats} --reward_threshold {params.reward_threshold}"
         " --max_traces_per_problem {params.max_traces_per_problem} --val_fraction {params.val_fraction}"
+        " --selection {params.selection} --seed {params.seed} --max_length {params.max_length}"
         " > {log} 2>&1"
