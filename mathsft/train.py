@@ -390,6 +390,7 @@ def train(cfg: TrainConfig, metrics_path: str) -> dict:
             record({
                 "step": step, "epoch": epoch, "loss": float(computed_all[1]) / label_tokens,
                 "lr": engine.get_lr()[0], "grad_norm": _float_or_none(engine.get_global_grad_norm()),
+                "tokens": int(real_tokens), "computed_tokens": int(computed_all[0]),
                 "tokens_per_s": real_tokens / elapsed, "padding_waste": 1.0 - real_tokens / float(computed_all[0]),
                 "micro_batches": len(micro_batches), "elapsed_s": time.monotonic() - started,
             })
