@@ -46,7 +46,7 @@ TRAJECTORY_SCHEMA = pa.schema(_SAMPLE_FIELDS)
 _SCORE_FIELDS = [
     ("extracted_answer", pa.string()),
     ("reward", pa.float64()),
-    ("verifier_status", pa.string()),  # correct | wrong | no_answer | timeout | error
+    ("verifier_status", pa.string()),  # correct | wrong | no_answer | timeout | parse_error (mathsft.reward.STATUSES)
 ]
 
 SCORED_SCHEMA = pa.schema(_SAMPLE_FIELDS + _SCORE_FIELDS)

@@ -7,7 +7,8 @@ rule reward:
         "results/scored/{shard}.parquet",
     params:
         timeout_s=config["reward"]["timeout_s"],
-    threads: 2
+    # math-verify workers; capped at --cores locally, cpus-per-task on a cluster.
+    threads: 8
     conda:
         CONDA_ENV
     log:

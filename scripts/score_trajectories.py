@@ -17,8 +17,9 @@ def main() -> None:
     parser.add_argument("--input", required=True, help="samples parquet (results/teacher/NNNNN.parquet, ...)")
     parser.add_argument("--output", required=True, help="scored parquet to write")
     parser.add_argument("--kind", choices=sorted(SCORING_SCHEMAS), default="teacher", help="which samples")
-    parser.add_argument("--timeout_s", type=float, default=10.0, help="per-check time bound")
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--timeout_s", type=float, default=10.0,
+                        help="per-check time bound in seconds; a check past it is killed and scored 'timeout'")
+    parser.add_argument("--workers", type=int, default=2, help="scoring processes (the rule passes its threads)")
     args = parser.parse_args()
     setup_logging()
     in_schema, out_schema = SCORING_SCHEMAS[args.kind]
