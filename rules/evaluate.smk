@@ -52,7 +52,8 @@ rule score_eval:
         "results/eval/{model}.parquet",
     params:
         timeout_s=config["reward"]["timeout_s"],
-    threads: 2
+    # math-verify workers; capped at --cores locally, cpus-per-task on a cluster.
+    threads: 8
     conda:
         CONDA_ENV
     log:
@@ -63,14 +64,16 @@ rule score_eval:
 
 
 rule eval_summary:
-    """results/eval.json: metrics per model x benchmark, with provenance; prints a pass@1 table."""
+    """results/eval.json: metrics per model x benchmark, with provenance, checked against
+    schemas/eval.schema.json; prints a pass@1 table and a table of every metric."""
     input:
         expand("results/eval/{model}.parquet", model=eval_labels()),
     output:
-        "results/eval.json",
+        report("results/eval.json", category="Evaluation", labels={"file": "eval.json"}),
     params:
         model_ids=" ".join(f"--model_id {label}={eval_model_spec(label)}" for label in eval_labels()),
         pass_k=config["eval"]["pass_k"],
+        seed=config["eval"]["seed"],
         config_hash=config_hash(),
     conda:
         CONDA_ENV
@@ -78,4 +81,4 @@ rule eval_summary:
         "logs/eval/summary.log",
     shell:
         "python {SCRIPTS}/summarize_eval.py --inputs {input} --output {output} {params.model_ids}"
-        " --pass_k {params.pass_k} --config_hash {params.config_hash} 2>&1 | tee {log}"
+        " --pass_k {params.pass_k} --seed {params.seed} --config_hash {params.config_hash} 2>&1 | tee {log}"

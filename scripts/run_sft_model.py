@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Evaluate one model on the benchmark sets: serve it, sample n answers per problem with the training
-prompt, score them with math-verify and print pass@1 per benchmark (--no-score: only sample; the
-pipeline scores in a rule of its own, so a reward change never resamples)."""
+prompt, score them with math-verify and print the same metrics tables as the pipeline's results/eval.json
+(--no-score: only sample; the pipeline scores in a rule of its own, so a reward change never resamples)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import logging
 from pathlib import Path
 
 from mathsft import cli
-from mathsft.evaluate import benchmark_metrics
+from mathsft.evaluate import check_document, eval_document, package_versions, print_summary
 from mathsft.generate import sample
-from mathsft.io import EVAL_GENERATION_SCHEMA, EVAL_SCHEMA, PROBLEM_SCHEMA, read_parquet, write_parquet
+from mathsft.io import EVAL_GENERATION_SCHEMA, EVAL_SCHEMA, PROBLEM_SCHEMA, read_parquet, write_json, write_parquet
 from mathsft.reward import score_rows
 from mathsft.serve import exit_on_sigterm
 
@@ -28,7 +28,9 @@ def main() -> None:
     parser.add_argument("--output", default="eval_samples.parquet", help="per-sample rows to write")
     parser.add_argument("--score", action=argparse.BooleanOptionalAction, default=True,
                         help="score with math-verify and print metrics (default) or only sample")
-    parser.add_argument("--pass_k", type=int, nargs="*", default=[1])
+    parser.add_argument("--pass_k", type=int, nargs="*", default=[1], help="k of pass@k and maj@k")
+    parser.add_argument("--eval_json", default=None,
+                        help="also write the metrics as an eval.json document (schemas/eval.schema.json)")
     parser.add_argument("--reward_timeout_s", type=float, default=10.0)
     parser.add_argument("--workers", type=int, default=2, help="math-verify worker processes")
     cli.add_sampling_args(parser, samples=4, max_tokens=8192)
@@ -57,10 +59,12 @@ def main() -> None:
         return
     score_rows(rows, args.workers, args.reward_timeout_s)
     write_parquet(rows, args.output, EVAL_SCHEMA)
-    for bench in sorted({r["benchmark"] for r in rows}):
-        m = benchmark_metrics([r for r in rows if r["benchmark"] == bench], args.pass_k)
-        print(f"{label}  {bench:24s} pass@1 {100 * m['pass@1']:5.1f} ± {100 * m['pass@1_stderr']:4.1f}  "
-              f"(n={m['samples_per_problem']}, {m['problems']} problems, truncated {100 * m['truncation_rate']:.0f}%)")
+    document = eval_document({label: rows}, {label: args.model_path}, args.pass_k, None, package_versions(),
+                             seed=args.seed)
+    check_document(document)
+    if args.eval_json:
+        write_json(document, args.eval_json)
+    print_summary(document)
 
 
 if __name__ == "__main__":

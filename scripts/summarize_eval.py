@@ -1,11 +1,12 @@
 #!/usr/bin/env python
-"""Gather per-model evaluation rows into results/eval.json and print pass@1 ± stderr per model x benchmark."""
+"""Gather per-model evaluation rows into results/eval.json (checked against schemas/eval.schema.json) and print
+pass@1 ± stderr per model x benchmark, then every metric."""
 
 from __future__ import annotations
 
 import argparse
 
-from mathsft.evaluate import eval_document, package_versions, summary_table
+from mathsft.evaluate import check_document, eval_document, package_versions, print_summary
 from mathsft.io import EVAL_SCHEMA, read_parquet, write_json
 
 
@@ -14,7 +15,9 @@ def main() -> None:
     parser.add_argument("--inputs", nargs="+", required=True, help="results/eval/{model}.parquet files")
     parser.add_argument("--output", required=True)
     parser.add_argument("--model_id", action="append", default=[], metavar="LABEL=ID", help="model id per label")
-    parser.add_argument("--pass_k", type=int, nargs="*", default=[1])
+    parser.add_argument("--pass_k", type=int, nargs="*", default=[1], help="k of pass@k and maj@k")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="base sampling seed (eval.seed); every sample's request seed is checked against it")
     parser.add_argument("--config_hash", default=None)
     args = parser.parse_args()
     rows_by_model = {}
@@ -22,12 +25,19 @@ def main() -> None:
         rows = read_parquet(path, EVAL_SCHEMA).to_pylist()
         if not rows:
             raise SystemExit(f"{path}: no evaluation rows")
-        rows_by_model[rows[0]["evaluated_model"]] = rows
+        label = rows[0]["evaluated_model"]
+        if label in rows_by_model:
+            raise SystemExit(f"{path}: model {label} is in more than one input")
+        rows_by_model[label] = rows
     model_ids = dict(item.split("=", 1) for item in args.model_id)
-    document = eval_document(rows_by_model, model_ids, args.pass_k, args.config_hash, package_versions())
+    try:
+        document = eval_document(rows_by_model, model_ids, args.pass_k, args.config_hash, package_versions(),
+                                 seed=args.seed)
+        check_document(document)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from exc
     write_json(document, args.output)
-    print("pass@1 (%) ± stderr, mean over n samples per problem")
-    print(summary_table(document))
+    print_summary(document)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,18 @@
+import copy
+import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from mathsft.evaluate import benchmark_metrics, eval_document, mean_and_stderr, pass_at_k, summary_table
+from mathsft.evaluate import (EVAL_JSON_SCHEMA, benchmark_metrics, check_document, eval_document, majority_at_k,
+                              mean_and_stderr, pass_at_k, print_summary, schema_errors, summary_table)
+from mathsft.generate import request_seed
+from mathsft.io import EVAL_SCHEMA, write_parquet
+
+SUMMARIZE = str(Path(__file__).resolve().parents[1] / "scripts" / "summarize_eval.py")
 
 
 def test_pass_at_k_matches_hand_computed_values():
@@ -11,6 +21,8 @@ def test_pass_at_k_matches_hand_computed_values():
     assert pass_at_k(4, 1, 2) == pytest.approx(1 - (3 * 2) / (4 * 3))  # 1 - C(3,2)/C(4,2) = 0.5
     assert pass_at_k(4, 3, 2) == 1.0
     assert pass_at_k(5, 2, 3) == pytest.approx(1 - 1 / 10)  # C(3,3)/C(5,3) = 1/10
+    assert pass_at_k(16, 1, 16) == 1.0 and pass_at_k(16, 0, 16) == 0.0
+    assert pass_at_k(16, 4, 4) == pytest.approx(1 - (12 * 11 * 10 * 9) / (16 * 15 * 14 * 13))  # 1 - C(12,4)/C(16,4)
     with pytest.raises(ValueError):
         pass_at_k(2, 1, 3)
 
@@ -20,15 +32,50 @@ def test_stderr_is_sample_standard_deviation_over_sqrt_count():
     assert mean == 0.5
     assert stderr == pytest.approx(math.sqrt((0.25 + 0 + 0.25 + 0) / 3 / 4))
     assert mean_and_stderr([0.7]) == (0.7, 0.0)
+    assert mean_and_stderr([0.0, 1.0]) == (0.5, pytest.approx(0.5))  # sd sqrt(1/2), / sqrt(2)
 
 
-def _rows(rewards_by_problem, finish="stop"):
-    return [
-        {"problem_id": pid, "reward": r, "finish_reason": finish, "completion_tokens": 10, "verifier_status": "wrong",
-         "benchmark": "b", "model": "m", "temperature": 0.6, "top_p": 0.95, "max_tokens": 10,
-         "prompt_template": "boxed_cot_v1"}
-        for pid, rewards in rewards_by_problem.items() for r in rewards
-    ]
+A, B, C, NONE = ("42", True), ("41", False), ("40", False), (None, False)
+
+
+def test_majority_vote_takes_the_most_voted_answer_of_each_group():
+    assert majority_at_k([A, A, B, A], 4) == 1.0
+    assert majority_at_k([B, B, A, C], 4) == 0.0
+    assert majority_at_k([A], 1) == 1.0 and majority_at_k([B], 1) == 0.0
+
+
+def test_majority_vote_ties_score_the_expected_accuracy_of_a_random_pick_among_the_tied():
+    assert majority_at_k([A, B], 2) == 0.5
+    assert majority_at_k([A, B, C, C, A, B], 6) == pytest.approx(1 / 3)  # three answers tied at two votes
+    assert majority_at_k([A, A, B, B, C], 5) == 0.5  # C has fewer votes: not in the tie
+
+
+def test_samples_without_an_answer_never_vote():
+    assert majority_at_k([NONE, NONE, NONE, A], 4) == 1.0
+    assert majority_at_k([NONE, NONE, A, B], 4) == 0.5
+    assert majority_at_k([NONE, NONE], 2) == 0.0  # no votes: the group scores 0
+
+
+def test_majority_vote_averages_disjoint_groups_in_sample_order_and_drops_the_remainder():
+    # groups (A, A), (B, B), (A, B); the fifth sample is left out
+    assert majority_at_k([A, A, B, B, A, B, B], 2) == pytest.approx((1 + 0 + 0.5) / 3)
+    with pytest.raises(ValueError, match="maj@3"):
+        majority_at_k([A, B], 3)
+
+
+def _rows(rewards_by_problem, finish="stop", answers=None, statuses=None):
+    rows = []
+    for pid, rewards in rewards_by_problem.items():
+        for i, r in enumerate(rewards):
+            answer = answers[pid][i] if answers else ("7" if r else f"wrong{i}")
+            status = statuses[pid][i] if statuses else ("correct" if r else "wrong")
+            rows.append({
+                "problem_id": pid, "sample_index": i, "reward": r, "finish_reason": finish, "completion_tokens": 10,
+                "verifier_status": status, "extracted_answer": answer, "benchmark": "b", "model": "m",
+                "temperature": 0.6, "top_p": 0.95, "max_tokens": 10, "prompt_template": "boxed_cot_v1", "api": "chat",
+                "seed": request_seed(0, pid, i),
+            })
+    return rows
 
 
 def test_pass_at_1_is_the_mean_over_samples_then_problems():
@@ -39,9 +86,33 @@ def test_pass_at_1_is_the_mean_over_samples_then_problems():
     assert (metrics["problems"], metrics["samples_per_problem"]) == (3, 4)
 
 
+def test_maj_at_k_of_a_benchmark_is_the_mean_over_problems_in_sample_index_order():
+    answers = {"a": [" 7", "x", "7 ", "y"], "b": ["x", "x", "7", None]}
+    statuses = {"a": ["correct", "wrong", "correct", "wrong"], "b": ["wrong", "wrong", "correct", "no_answer"]}
+    rows = _rows({"a": [1, 0, 1, 0], "b": [0, 0, 1, 0]}, answers=answers, statuses=statuses)
+    metrics = benchmark_metrics(list(reversed(rows)), pass_k=[1, 2, 4, 8])
+    # a: groups (7, x) tie -> 0.5 and (7, y) tie -> 0.5; one group of 4: 7 twice -> 1.  b: (x, x) -> 0,
+    # (7, no answer) -> 1; all four: x twice -> 0.
+    assert metrics["maj@2"] == pytest.approx((0.5 + 0.5) / 2)
+    assert metrics["maj@4"] == pytest.approx((1 + 0) / 2)
+    assert "maj@8" not in metrics and "pass@8" not in metrics and "maj@1" not in metrics
+    assert metrics["no_answer_rate"] == pytest.approx(1 / 8)
+    assert metrics["verifier_status"] == {"correct": 3, "wrong": 4, "no_answer": 1, "timeout": 0, "parse_error": 0}
+
+
+def test_truncation_rate_counts_finish_reason_length():
+    rows = _rows({"a": [1, 0]}) + _rows({"b": [0, 0]}, finish="length")
+    assert benchmark_metrics(rows, pass_k=[1])["truncation_rate"] == 0.5
+
+
 def test_unequal_sample_counts_are_refused():
     with pytest.raises(ValueError, match="sample counts"):
         benchmark_metrics(_rows({"a": [1, 0], "b": [1]}), pass_k=[1])
+
+
+def test_a_status_the_reward_stage_does_not_write_is_refused():
+    with pytest.raises(ValueError, match="'error'.*Rescore"):
+        benchmark_metrics(_rows({"a": [0]}, statuses={"a": ["error"]}), pass_k=[1])
 
 
 def test_eval_document_and_table_cover_every_model_and_benchmark():
@@ -51,3 +122,76 @@ def test_eval_document_and_table_cover_every_model_and_benchmark():
     assert doc["models"]["sft"]["model"] == "results/models/sft"
     table = summary_table(doc)
     assert "100.0 ± 0.0" in table and "50.0 ± 0.0" in table
+
+
+def test_samples_of_another_seed_or_mixed_sampling_settings_are_refused():
+    rows = _rows({"a": [1, 0]})
+    assert eval_document({"m": rows}, {}, [1], None, {"python": "3"}, seed=0)["models"]["m"]["sampling"]["seed"] == 0
+    with pytest.raises(ValueError, match="base seed 1"):
+        eval_document({"m": rows}, {}, [1], None, {"python": "3"}, seed=1)
+    rows[1]["temperature"] = 1.0
+    with pytest.raises(ValueError, match="different sampling settings"):
+        eval_document({"m": rows}, {}, [1], None, {"python": "3"})
+
+
+def _document():
+    rows = _rows({"a": [1, 0, 0, 1], "b": [0, 0, 0, 1]})
+    return eval_document({"student": rows, "sft": rows}, {"sft": "results/models/sft"}, [1, 2, 4], "0123456789abcdef",
+                         {"python": "3.11.2", "torch": "2.13.0"}, seed=0)
+
+
+def test_a_produced_eval_json_follows_its_schema():
+    document = json.loads(json.dumps(_document()))  # as written and read back
+    assert schema_errors(document) == []
+    check_document(document)
+    assert json.loads(EVAL_JSON_SCHEMA.read_text())["properties"]["schema_version"] == {"const": document["schema_version"]}
+
+
+@pytest.mark.parametrize("breakage, where", [
+    (lambda d: d.update(schema_version=1), "schema_version"),
+    (lambda d: d.pop("config_hash"), "'config_hash' is a required property"),
+    (lambda d: d.update(config_hash="not-a-hash"), "config_hash"),
+    (lambda d: d["models"]["sft"]["benchmarks"]["b"].update({"pass@1": 1.5}), "models/sft/benchmarks/b/pass@1"),
+    (lambda d: d["models"]["sft"]["benchmarks"]["b"].pop("pass@1_stderr"), "pass@1_stderr"),
+    (lambda d: d["models"]["sft"]["benchmarks"]["b"].update({"maj@x": 0.5}), "maj@x"),
+    (lambda d: d["models"]["sft"]["benchmarks"]["b"]["verifier_status"].update(error=1), "verifier_status"),
+    (lambda d: d["models"]["student"]["sampling"].pop("seed"), "'seed' is a required property"),
+    (lambda d: d["models"].clear(), "models"),
+])
+def test_a_broken_eval_json_does_not_follow_the_schema(breakage, where):
+    document = copy.deepcopy(_document())
+    breakage(document)
+    errors = schema_errors(document)
+    assert errors and any(where in error for error in errors), errors
+    with pytest.raises(ValueError, match="breaks"):
+        check_document(document)
+
+
+def test_summarize_eval_writes_a_valid_eval_json_and_prints_both_tables(tmp_path):
+    inputs = []
+    for label in ("student", "sft"):
+        rows = [r | {"evaluated_model": label, "source": "b", "problem": "p", "answer": "$7$", "messages": "[]",
+                     "response": "r", "prompt_tokens": 5, "latency_s": 0.1}
+                for r in _rows({"a": [1, 0, 0, 1], "b": [0, 0, 0, 1]})]
+        write_parquet(rows, tmp_path / f"{label}.parquet", EVAL_SCHEMA)
+        inputs.append(str(tmp_path / f"{label}.parquet"))
+    result = subprocess.run([sys.executable, SUMMARIZE, "--inputs", *inputs, "--output",
+                             str(tmp_path / "eval.json"), "--pass_k", "1", "2", "4", "--seed", "0",
+                             "--config_hash", "0123456789abcdef"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    document = json.loads((tmp_path / "eval.json").read_text())
+    assert schema_errors(document) == []
+    assert set(document["models"]) == {"student", "sft"}
+    assert "pass@1 (%) ± stderr" in result.stdout and "maj@4" in result.stdout
+    wrong_seed = subprocess.run([sys.executable, SUMMARIZE, "--inputs", *inputs, "--output",
+                                 str(tmp_path / "other.json"), "--seed", "5"], capture_output=True, text=True)
+    assert wrong_seed.returncode != 0 and "base seed 5" in wrong_seed.stderr
+    assert not (tmp_path / "other.json").exists()
+
+
+def test_the_end_of_run_summary_prints_pass_at_1_then_every_metric(capsys):
+    document = _document()
+    print_summary(document)
+    out = capsys.readouterr().out
+    assert out.startswith("pass@1 (%) ± stderr") and summary_table(document) in out
+    assert "maj@2" in out and "no answer" in out

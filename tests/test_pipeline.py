@@ -25,7 +25,7 @@ def finished_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("run")
     for name in EMBEDDED:
         shutil.copytree(converted_model(name), workdir / "results" / "base_models" / name, copy_function=os.link)
-    result = snakemake(workdir, TINY, "results/eval.json", timeout=2400)
+    result = snakemake(workdir, TINY, timeout=2400)  # rule all: eval.json and report.html
     if result.returncode != 0:
         logs = "\n".join(f"== {p}\n{p.read_text()[-3000:]}" for p in sorted((workdir / "logs").rglob("*.log"))
                          if "server" not in p.name)
@@ -36,7 +36,7 @@ def finished_run(tmp_path_factory):
 def test_pipeline_writes_eval_json_with_sane_metrics_for_both_students(finished_run):
     workdir, result = finished_run
     document = json.loads((workdir / "results" / "eval.json").read_text())
-    assert document["schema_version"] == 1 and len(document["config_hash"]) == 16
+    assert document["schema_version"] == 2 and len(document["config_hash"]) == 16
     assert set(document["models"]) == {"student", "sft"}
     for model in document["models"].values():
         assert set(model["benchmarks"]) == {"chain_sum", "basic_arithmetic"}
@@ -160,3 +160,65 @@ def test_rerunning_data_preparation_that_yields_the_same_shards_makes_nothing_st
     after = {p.name: p.read_bytes() for p in (workdir / "results" / "data" / "shards").glob("*.parquet")}
     assert after == before  # the same rows, byte for byte, in newer files
     assert planned_outputs(workdir, TINY) == {}
+
+
+# The report and the eval.json schema.
+
+
+def test_eval_json_follows_its_versioned_schema(finished_run):
+    from mathsft.evaluate import EVAL_JSON_VERSION, schema_errors
+
+    workdir, _ = finished_run
+    document = json.loads((workdir / "results" / "eval.json").read_text())
+    assert document["schema_version"] == EVAL_JSON_VERSION
+    assert schema_errors(document) == []
+    for model in document["models"].values():
+        assert model["sampling"]["seed"] == 0 and model["sampling"]["api"] == "chat"
+        for metrics in model["benchmarks"].values():
+            assert 0.0 <= metrics["maj@2"] <= 1.0
+            assert sum(metrics["verifier_status"].values()) == metrics["problems"] * metrics["samples_per_problem"]
+
+
+def test_report_html_embeds_its_plots_and_renders_them_in_chromium(finished_run, tmp_path):
+    from test_report import PLOTS, render_in_chromium
+
+    workdir, _ = finished_run
+    report = workdir / "results" / "report.html"
+    assert report.is_file(), "results/report.html missing: the finished_run fixture must target it (or rule all)"
+    page = report.read_text()
+    assert all(f'<figure class="plot" id="{plot}">\n<svg' in page for plot in PLOTS)
+    seen = render_in_chromium(report, tmp_path)
+    assert [f["id"] for f in seen["figures"]] == list(PLOTS)
+    assert all(f["width"] > 200 and f["height"] > 100 and f["drawn"] > 20 for f in seen["figures"]), seen
+    assert seen["requests"] == []
+
+
+def test_snakemakes_own_report_collects_the_marked_outputs(finished_run, tmp_path):
+    workdir, _ = finished_run
+    result = snakemake(workdir, TINY, "--report", str(tmp_path / "snakemake_report.html"), timeout=300)
+    log = result.stdout + result.stderr
+    # --report exits 0 even when it fails: check what it says it added and that the file is there.
+    assert result.returncode == 0 and "Report created" in log, log[-3000:]
+    assert all(f"Adding {name}" in log for name in ("eval.json", "metrics.jsonl", "report.html")), log[-3000:]
+    assert (tmp_path / "snakemake_report.html").stat().st_size > 0
+
+
+def _report_reasons(workdir, configfile) -> str | None:
+    """The reason a dry run of results/report.html gives for remaking it (None: not planned)."""
+    result = snakemake(workdir, configfile, "-n", "results/report.html", timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    for i, line in enumerate(lines):
+        if line.strip() in ("rule report:", "localrule report:"):
+            return next(l.strip() for l in lines[i:] if l.strip().startswith("reason:"))
+    return None
+
+
+def test_the_report_is_remade_only_through_its_inputs(finished_run, tmp_path):
+    workdir, _ = finished_run
+    assert _report_reasons(workdir, TINY) is None
+    edited = edited_config(TINY, tmp_path / "c.yaml", **{"eval.samples_per_problem": 3})
+    planned = planned_outputs(workdir, edited, target="results/report.html")
+    assert set(planned) == {"evaluate", "score_eval", "eval_summary", "report"}
+    reason = _report_reasons(workdir, edited)
+    assert "Input files updated by another job" in reason and "Params" not in reason and "Code" not in reason

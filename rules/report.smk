@@ -1,0 +1,20 @@
+rule report:
+    """results/report.html: one self-contained page (plots inline) of training curves, metric bars, response
+    lengths, the curation funnel and the metrics table. No params: it reruns only when its inputs change."""
+    input:
+        eval="results/eval.json",
+        samples=expand("results/eval/{model}.parquet", model=eval_labels()),
+        train=report_training_metrics(),
+        curation=report_curation_stats(),
+        # The report's code: editing it remakes the report (a shell rule's code trigger sees only the command).
+        code=os.path.join(LIBRARY, "report.py"),
+    output:
+        report("results/report.html", category="Report", labels={"file": "report.html"}),
+    localrule: True
+    conda:
+        CONDA_ENV
+    log:
+        "logs/report.log",
+    shell:
+        "python {SCRIPTS}/make_report.py --eval {input.eval} --samples {input.samples}"
+        " --train_metrics {input.train} --curation {input.curation} --output {output} > {log} 2>&1"

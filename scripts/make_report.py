@@ -1,0 +1,28 @@
+#!/usr/bin/env python
+"""Write results/report.html: one self-contained page with the metrics table and bars, response-length
+histograms, training loss and learning-rate curves, and the curation funnel of a run."""
+
+from __future__ import annotations
+
+import argparse
+
+from mathsft.report import build_report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--eval", required=True, help="results/eval.json")
+    parser.add_argument("--samples", nargs="*", default=[], help="results/eval/{model}.parquet files (response lengths)")
+    parser.add_argument("--train_metrics", nargs="*", default=[], help="results/train/{run}/metrics.jsonl files")
+    parser.add_argument("--curation", nargs="?", default=None, help="results/sft/stats.json (the curation funnel)")
+    parser.add_argument("--output", default="results/report.html")
+    args = parser.parse_args()
+    try:
+        build_report(args.eval, args.samples, args.train_metrics, args.curation, args.output)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"make_report: {exc}") from exc
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,228 @@
+"""The report: one self-contained HTML page built from a run's result files (here small synthetic ones), that
+renders in a real browser (headless Chromium) with every plot drawn; and the report rule's place in the DAG."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mathsft.evaluate import schema_errors
+from mathsft.generate import request_seed
+from mathsft.io import EVAL_SCHEMA, write_parquet
+from mathsft.report import funnel_steps, read_train_metrics
+from workflow import REPO, edited_config, planned_outputs
+
+MODELS = ("student", "sft")
+BENCHMARKS = ("basic_arithmetic", "chain_sum")
+PLOTS = ("plot-metric-bars", "plot-response-lengths", "plot-training-sft", "plot-curation-funnel")
+
+
+def _eval_rows(model: str, bench: str, problems: int = 3, samples: int = 4) -> list[dict]:
+    rows = []
+    for p in range(problems):
+        pid = f"{bench}-{p:02d}"
+        for i in range(samples):
+            correct = (p + i + len(model) + len(bench)) % 3 == 0
+            status = "correct" if correct else ("no_answer" if (p + i) % 5 == 4 else "wrong")
+            rows.append({
+                "evaluated_model": model, "benchmark": bench, "problem_id": pid, "source": bench,
+                "problem": f"What is {p} + {i}?", "answer": f"${p + i}$", "sample_index": i, "messages": "[]",
+                "response": "...", "finish_reason": "length" if (p * samples + i) % 7 == 0 else "stop",
+                "prompt_tokens": 40, "completion_tokens": 20 + 13 * ((p * 5 + i * 3 + len(model)) % 11), "model": model,
+                "prompt_template": "boxed_cot_v1", "api": "chat", "temperature": 0.6, "top_p": 0.95, "max_tokens": 160,
+                "seed": request_seed(0, pid, i), "latency_s": 1.0,
+                "extracted_answer": None if status == "no_answer" else str(p + i if correct else p + i + 1),
+                "reward": 1.0 if correct else 0.0, "verifier_status": status,
+            })
+    return rows
+
+
+def _synthetic_run(root: Path, training: bool = True) -> dict[str, list[str]]:
+    """The result files a finished run leaves (eval parquet, eval.json, training metrics, stats.json), small."""
+    results = root / "results"
+    samples = []
+    for model in MODELS:
+        path = results / "eval" / f"{model}.parquet"
+        write_parquet([r for bench in BENCHMARKS for r in _eval_rows(model, bench)], path, EVAL_SCHEMA)
+        samples.append(str(path))
+    summary = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "summarize_eval.py"), "--inputs", *samples, "--output",
+         str(results / "eval.json"), "--pass_k", "1", "2", "4", "--seed", "0", "--config_hash", "0123456789abcdef",
+         "--model_id", "sft=results/models/sft"],
+        capture_output=True, text=True, check=True)
+    assert "pass@1 (%) ± stderr" in summary.stdout
+    args = {"--eval": [str(results / "eval.json")], "--samples": samples}
+    if training:
+        metrics = results / "train" / "sft" / "metrics.jsonl"
+        metrics.parent.mkdir(parents=True)
+        lines = [{"step": s, "epoch": (s - 1) // 6, "loss": 1.2 / s ** 0.3, "lr": 1e-5 * min(1.0, s / 2) * (13 - s) / 12,
+                  "grad_norm": 2.0, "tokens_per_s": 100.0, "elapsed_s": 5.0 * s} for s in range(1, 13)]
+        lines.insert(6, {"step": 6, "epoch": 0, "val_loss": 0.9})
+        lines.append({"step": 12, "epoch": 1, "val_loss": 0.7})
+        metrics.write_text("".join(json.dumps(line) + "\n" for line in lines))
+        stats = results / "sft" / "stats.json"
+        stats.parent.mkdir(parents=True)
+        # The funnel with its optional "fits" step, per-source funnels and keys the report does not know.
+        stats.write_text(json.dumps({
+            "funnel": {"generated": 128, "correct": 58, "finished": 57, "fits": 55, "kept": 52},
+            "funnel_by_source": {"chain_sum": {"generated": 64, "correct": 40, "finished": 40, "fits": 39, "kept": 37},
+                                 "basic_arithmetic": {"generated": 64, "correct": 18, "finished": 17, "fits": 16, "kept": 15}},
+            "dropped": {"wrong": 70, "unfinished": 1, "too_long": 2, "over_cap": 3},
+            "problems": {"generated": 64, "kept": 30}, "splits": {"train": {"traces": 46, "problems": 27},
+                                                              "val": {"traces": 6, "problems": 3}},
+            "something_new": [1, 2, 3]}))
+        args |= {"--train_metrics": [str(metrics)], "--curation": [str(stats)]}
+    return args
+
+
+def _make_report(args: dict[str, list[str]], output: Path) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(REPO / "scripts" / "make_report.py"), "--output", str(output)]
+    for option, values in args.items():
+        command += [option, *values]
+    return subprocess.run(command, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("run")
+    result = _make_report(_synthetic_run(root), root / "results" / "report.html")
+    assert result.returncode == 0, result.stderr
+    return root / "results" / "report.html"
+
+
+def test_report_is_one_page_with_every_plot_inline_and_nothing_to_fetch(report):
+    page = report.read_text()
+    for plot in PLOTS:
+        figure = re.search(rf'<figure class="plot" id="{plot}">\s*<svg.*?</svg>', page, re.S)
+        assert figure, f"{plot} is missing or has no inline SVG"
+    assert "<script" not in page and "<link" not in page and "<img" not in page
+    # Links to the SVG namespaces are names, not fetched; nothing else may point outside the page.
+    outside = [m for m in re.findall(r'(?:src|href)="([^"#][^"]*)"', page)]
+    assert outside == []
+    ids = re.findall(r'\sid="([^"]+)"', page)
+    assert len(ids) == len(set(ids)), "an id is used twice (the figures' SVG ids must not clash)"
+    references = set(re.findall(r'(?:href="#|url\(#)([^")]+)', page))
+    assert references and references <= set(ids)
+    assert 'id="metrics-table"' in page and "maj@4" in page and "pass@4" in page
+    assert 'id="funnel-by-source"' in page and "something_new" not in page
+
+
+def test_the_same_inputs_make_the_same_report_bytes(report, tmp_path):
+    args = {"--eval": [str(report.parent / "eval.json")],
+            "--samples": [str(report.parent / "eval" / f"{m}.parquet") for m in MODELS],
+            "--train_metrics": [str(report.parent / "train" / "sft" / "metrics.jsonl")],
+            "--curation": [str(report.parent / "sft" / "stats.json")]}
+    again = tmp_path / "again.html"
+    assert _make_report(args, again).returncode == 0
+    assert again.read_bytes() == report.read_bytes()
+
+
+def test_a_report_without_training_says_so_and_still_has_its_evaluation_plots(tmp_path):
+    result = _make_report(_synthetic_run(tmp_path, training=False), tmp_path / "report.html")
+    assert result.returncode == 0, result.stderr
+    page = (tmp_path / "report.html").read_text()
+    assert 'id="plot-metric-bars"' in page and 'id="plot-response-lengths"' in page
+    assert "No training run in this report" in page and "No curation statistics" in page
+
+
+def test_an_unreadable_metrics_file_fails_naming_the_file(tmp_path):
+    args = _synthetic_run(tmp_path)
+    Path(args["--train_metrics"][0]).write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "lo')
+    result = _make_report(args, tmp_path / "report.html")
+    assert result.returncode != 0
+    assert "metrics.jsonl: line 2 is not JSON" in result.stderr
+    assert not (tmp_path / "report.html").exists()
+
+
+def test_funnel_steps_are_read_in_order_and_other_keys_ignored():
+    old_style = {"funnel": {"generated": 16, "correct": 3, "finished": 2, "problems": 8, "kept": 2}}
+    assert funnel_steps(old_style) == [("generated", 16), ("correct", 3), ("finished", 2), ("kept", 2)]
+    new_style = {"funnel": {"kept": 5, "fits": 6, "finished": 7, "correct": 8, "generated": 9}, "funnel_by_source": {}}
+    assert [step for step, _ in funnel_steps(new_style)] == ["generated", "correct", "finished", "fits", "kept"]
+    assert funnel_steps({}) == []
+
+
+def test_training_metrics_split_into_steps_and_validations(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 2.0, "lr": 0.1}\n\n{"step": 1, "val_loss": 1.5}\n')
+    assert read_train_metrics(path) == ([{"step": 1, "loss": 2.0, "lr": 0.1}], [{"step": 1, "val_loss": 1.5}])
+
+
+def test_the_synthetic_eval_json_follows_its_schema(report):
+    assert schema_errors(json.loads((report.parent / "eval.json").read_text())) == []
+
+
+# In the browser: every plot laid out with a size and drawn marks, no broken image, no request for anything.
+RENDER_CHECK = """<script>
+window.addEventListener("load", () => {
+  const drawn = svg => [...svg.querySelectorAll("path, rect, use, text")]
+    .filter(e => { const b = e.getBoundingClientRect(); return b.width > 0 || b.height > 0; }).length;
+  const figures = [...document.querySelectorAll("figure.plot")].map(f => {
+    const svg = f.querySelector("svg");
+    const box = svg ? svg.getBoundingClientRect() : {width: 0, height: 0};
+    return {id: f.id, width: box.width, height: box.height, drawn: svg ? drawn(svg) : 0};
+  });
+  const images = [...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src.slice(0, 60));
+  const out = document.createElement("pre");
+  out.id = "render-check";
+  out.textContent = JSON.stringify({title: document.title, figures, broken_images: images,
+    requests: performance.getEntriesByType("resource").map(r => r.name), tables: document.querySelectorAll("table").length});
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def chromium() -> str:
+    """Debian's headless Chromium; missing, the test fails on CI and is skipped elsewhere."""
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    reason = "chromium is not installed (as root: bash tests/system_packages.sh)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason}; CI must run the browser checks")
+    pytest.skip(reason)
+
+
+def render_in_chromium(page: Path, tmp_path: Path) -> dict:
+    """Open a copy of `page`, with RENDER_CHECK appended, in headless Chromium; the check's results."""
+    checked = tmp_path / "checked.html"
+    checked.write_text(page.read_text().replace("</body>", RENDER_CHECK + "</body>"))
+    result = subprocess.run(
+        [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+         "--window-size=1280,900", "--virtual-time-budget=10000", "--dump-dom", checked.as_uri()],
+        capture_output=True, text=True, timeout=120)
+    match = re.search(r'<pre id="render-check">(.*?)</pre>', result.stdout, re.S)
+    assert match, f"the page's check did not run in chromium (rc {result.returncode}):\n{result.stderr[-3000:]}"
+    import html
+
+    return json.loads(html.unescape(match.group(1)))
+
+
+def test_report_renders_in_headless_chromium_with_every_plot_drawn(report, tmp_path):
+    seen = render_in_chromium(report, tmp_path)
+    assert seen["title"] == "mathsft report"
+    assert [f["id"] for f in seen["figures"]] == list(PLOTS)
+    for figure in seen["figures"]:
+        assert figure["width"] > 200 and figure["height"] > 100, figure
+        assert figure["drawn"] > 20, figure  # axes, ticks, bars or lines, labels
+    assert seen["broken_images"] == [] and seen["requests"] == []
+    assert seen["tables"] >= 4  # metrics, per-source funnel, splits, provenance (+ versions)
+
+
+def test_report_rule_builds_on_evaluation_and_on_training_only_when_the_sft_model_is_evaluated(tmp_path):
+    """Dry runs in an empty directory: what results/report.html needs."""
+    config = REPO / "tests" / "configs" / "tiny.yaml"
+    planned = planned_outputs(tmp_path, config, target="results/report.html")
+    assert planned["report"] == {"results/report.html"}
+    assert {"train", "curate", "eval_summary", "score_eval"} <= set(planned)
+    student_only = planned_outputs(tmp_path, edited_config(config, tmp_path / "c.yaml", **{"eval.models": ["student"]}),
+                                   target="results/report.html")
+    assert "report" in student_only and "eval_summary" in student_only
+    assert not {"train", "curate", "teacher"} & set(student_only)
