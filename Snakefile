@@ -1,7 +1,7 @@
 # mathsft: distil math reasoning from a teacher LLM into a student LLM.
 #   snakemake -n results/eval.json                        what would run, and why
-#   snakemake --profile profiles/default results/eval.json    the embedded default on this machine
-#   snakemake --profile profiles/default                      the same, and results/report.html
+#   snakemake --profile profiles/local results/eval.json    the embedded default on this machine
+#   snakemake --profile profiles/local                      the same, and results/report.html
 from snakemake.utils import min_version, validate
 
 min_version("9.0")

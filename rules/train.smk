@@ -27,7 +27,10 @@ rule train:
         lora=f"--lora_rank {config['train']['lora_rank']} --lora_alpha {config['train']['lora_alpha']}"
         f" --lora_dropout {config['train']['lora_dropout']}",
     resources:
-        gpu=config["train"]["gpus"],
+        # GPUs (train.gpus per node) and nodes: see train_cluster_resources() in common.smk.
+        **train_cluster_resources(),
+        # python, torchrun, or srun + torchrun across nodes: see train_launch() in common.smk.
+        launch=train_launch(),
         # How often states are saved does not change the result: a resource, not a param.
         checkpoint_every=config["train"]["checkpoint_every"],
     threads: 8
@@ -38,7 +41,7 @@ rule train:
     benchmark:
         "benchmarks/train/{run}.tsv"
     shell:
-        "python {SCRIPTS}/train_sft.py --model {params.model} --train_files {input.train}"
+        "{resources.launch} {SCRIPTS}/train_sft.py --model {params.model} --train_files {input.train}"
         " --val_files {input.val} --output_dir {output.model} --metrics {output.metrics}"
         " --summary {output.summary} --deepspeed {input.deepspeed} --epochs {params.epochs}"
         " --learning_rate {params.learning_rate} --warmup_ratio {params.warmup_ratio}"

@@ -20,7 +20,7 @@ def snakemake(workdir: Path, configfile: Path, *args: str, timeout: float = 1800
     # Jobs run `python`: the one these tests run under, whatever PATH the caller had.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     command = [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(workdir), "--configfile", str(configfile),
-               "--profile", str(REPO / "profiles" / "default"), *args]
+               "--profile", str(REPO / "profiles" / "local"), *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
 
 

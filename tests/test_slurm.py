@@ -1,0 +1,341 @@
+"""profiles/slurm against a real single-node SLURM cluster (Debian's slurmctld, slurmd and munge, brought up
+before this module's first cluster test and torn down after its last by tests/slurm/cluster.sh): the tiny
+config end to end through sbatch with the resources the profile asks for; a job cancelled with scancel,
+reported, and finished by the rerun; a job that fails once and is submitted again; the training launch
+(srun + torchrun) run for real on one node, and submitted for two nodes and read back from the controller.
+
+Needs root and the packages of tests/system_packages.sh: skipped without them, failed under CI=true."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from conftest import converted_model
+from workflow import REPO, edited_config
+
+pytestmark = pytest.mark.e2e
+TINY = REPO / "tests" / "configs" / "tiny.yaml"
+PROFILE = REPO / "profiles" / "slurm"
+CLUSTER_SCRIPT = REPO / "tests" / "slurm" / "cluster.sh"
+EMBEDDED = ("qwen2.5-coder-0.5b-instruct", "smollm2-135m-instruct")
+PROGRAMS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "scancel")
+# The tiny config's cluster jobs: fetch_dataset and report are local rules, and the models are copied in.
+GPU_RULES = {"teacher", "evaluate", "train"}
+CPU_RULES = {"prepare_data", "reward", "curate", "score_eval", "eval_summary"}
+# Every job on GPUs: the node's fake GPUs make the requests schedulable; the jobs themselves see no CUDA.
+ONE_GPU_EACH = {"teacher.gpus": 1, "eval.gpus": 1, "train.gpus": 1, "train.launcher": "srun"}
+INJECTED = "injected failure: the first curate attempt"
+
+
+def job_env(bin_dir: Path | None = None) -> dict[str, str]:
+    """The environment Snakemake and its jobs (sbatch --export=ALL) run in: the venv's python first."""
+    path = [str(Path(sys.executable).parent), os.environ.get("PATH", ""), "/usr/sbin", "/sbin"]
+    return {**os.environ, "PATH": os.pathsep.join(([str(bin_dir)] if bin_dir else []) + path)}
+
+
+def slurm_snakemake(workdir: Path, configfile: Path, *args: str) -> list[str]:
+    """Snakemake with profiles/slurm, as a user runs it. Test-only settings: threads capped at this machine's
+    cores (the rules ask for 8), status checks from 2 s after submission, SLURM logs kept."""
+    return [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
+            "--configfile", str(configfile), "--profile", str(PROFILE),
+            "--max-threads", str(os.cpu_count()), "--slurm-init-seconds-before-status-checks", "2",
+            "--slurm-keep-successful-logs", *args]
+
+
+def cluster_jobs() -> list[dict[str, str]]:
+    """Every job the controller knows (finished ones for MinJobAge, an hour here), as scontrol's fields."""
+    out = subprocess.run(["scontrol", "show", "job", "--oneliner"], capture_output=True, text=True, check=True).stdout
+    jobs = [dict(re.findall(r"(?:^|\s)([A-Za-z/:_]+)=(\S*)", line)) for line in out.splitlines() if line.startswith("JobId=")]
+    for job in jobs:
+        job["rule"] = re.sub(r"^rule_|_wildcards_.*$", "", job.get("Comment", ""))
+    return sorted(jobs, key=lambda job: int(job["JobId"]))
+
+
+def megabytes(value: str) -> int:
+    """scontrol's memory (32000M, 125G) in MB."""
+    return int(float(value[:-1]) * {"M": 1, "G": 1024, "T": 1024 ** 2}[value[-1]])
+
+
+def minutes(value: str) -> int:
+    """scontrol's time limit ([days-]hours:minutes:seconds) in minutes."""
+    days, _, clock = value.rpartition("-")
+    hours, mins, _ = (int(part) for part in clock.split(":"))
+    return (int(days) if days else 0) * 1440 + hours * 60 + mins
+
+
+def profile_resources(rule: str) -> dict[str, str]:
+    """The resources profiles/slurm gives a rule: its default-resources, then the rule's set-resources."""
+    profile = yaml.safe_load((PROFILE / "config.yaml").read_text())
+    resources = dict(item.split("=", 1) for item in profile["default-resources"])
+    for item in profile["set-resources"]:
+        name, assignment = item.split(":", 1)
+        if name == rule:
+            key, value = assignment.split("=", 1)
+            resources[key] = value
+    return resources
+
+
+def link_models(workdir: Path, names=EMBEDDED) -> None:
+    """The converted embedded models, hard-linked in: prepare_model does not run."""
+    for name in names:
+        shutil.copytree(converted_model(name), workdir / "results" / "base_models" / name, copy_function=os.link)
+
+
+def shell_command(output: str, script: str) -> str:
+    """The shell command Snakemake printed (-p) for the job that runs `script` (a job's SLURM log has it twice:
+    from the snakemake that srun starts, and from the one that runs the rule)."""
+    commands = {line.split(":", 1)[1].strip() for line in output.splitlines()
+                if line.startswith("Shell command:") and script in line}
+    assert len(commands) == 1, output[-3000:]
+    return commands.pop()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """The single-node cluster: its state folder (slurm.conf, the daemons' logs), down again after the module."""
+    missing = [name for name in PROGRAMS if not shutil.which(name, path=job_env()["PATH"])]
+    reason = ("bringing up the test cluster needs root" if os.geteuid() != 0 else
+              f"{', '.join(missing)} not installed (as root: bash tests/system_packages.sh)" if missing else None)
+    if reason:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason}; CI must run the SLURM tests")
+        pytest.skip(reason)
+    state = tmp_path_factory.mktemp("slurm")
+    started = time.monotonic()
+    up = subprocess.run(["bash", str(CLUSTER_SCRIPT), "up", str(state)], capture_output=True, text=True, timeout=120)
+    if up.returncode != 0:
+        pytest.fail(f"the test cluster did not come up:\n{up.stdout}\n{up.stderr}")
+    print(f"\ncluster up in {time.monotonic() - started:.1f} s: {up.stderr.strip()}")
+    yield state
+    down = subprocess.run(["bash", str(CLUSTER_SCRIPT), "down", str(state)], capture_output=True, text=True, timeout=120)
+    assert down.returncode == 0, f"the test cluster did not come down:\n{down.stdout}\n{down.stderr}"
+
+
+@dataclass
+class SlurmRun:
+    workdir: Path
+    cancelled_job: str  # SLURM job id of the teacher job cancelled in the first run
+    cancelled_shard: str
+    first: subprocess.CompletedProcess  # stopped by the cancelled job
+    servers_after_first: list[str]  # vLLM servers still running once the first run had ended
+    second: subprocess.CompletedProcess  # the rerun that finishes the work
+    jobs: list[dict[str, str]]  # every job of both runs, from scontrol
+    seconds: dict[str, float]
+
+
+def fail_first_curate(bin_dir: Path, marker: Path) -> Path:
+    """A `python` first on the jobs' PATH that fails the first curate job before it starts, then is the venv's
+    python: a fault the real components cannot be made to produce on demand."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    shim = bin_dir / "python"
+    shim.write_text(f"""#!/bin/sh
+case "$1" in
+*/curate_sft.py)
+    if [ ! -e {marker} ]; then
+        touch {marker}
+        echo "{INJECTED}" >&2
+        exit 3
+    fi ;;
+esac
+exec {sys.executable} "$@"
+""")
+    shim.chmod(0o755)
+    return bin_dir
+
+
+def cancel_first_teacher_job(process: subprocess.Popen, workdir: Path, log: Path, timeout: float = 600) -> tuple[str, str]:
+    """scancel the first teacher job seen running, once its vLLM server is starting; its (job id, shard)."""
+    deadline = time.monotonic() + timeout
+    while process.poll() is None and time.monotonic() < deadline:
+        for job in cluster_jobs():
+            if job["rule"] == "teacher" and job["JobState"] == "RUNNING":
+                shard = job["Comment"].rsplit("_", 1)[1]
+                if (workdir / "logs" / "teacher" / f"{shard}.server.log").exists():
+                    subprocess.run(["scancel", job["JobId"]], check=True)
+                    return job["JobId"], shard
+        time.sleep(0.5)
+    process.kill()
+    pytest.fail(f"no teacher job ran within {timeout} s:\n{log.read_text()[-5000:]}")
+
+
+def vllm_servers() -> list[str]:
+    out = subprocess.run(["pgrep", "-af", "vllm.entrypoints.openai.api_server"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if "pgrep" not in line]
+
+
+@pytest.fixture(scope="module")
+def slurm_run(cluster, tmp_path_factory):
+    """The tiny config through profiles/slurm, one GPU per GPU job, in two runs: the first with no retries,
+    stopped by a teacher job cancelled while its server starts; then the profile's own run (retries,
+    rerun-incomplete), whose first curate attempt fails (injected)."""
+    workdir = tmp_path_factory.mktemp("slurm_run")
+    link_models(workdir)
+    config = edited_config(TINY, workdir / "slurm.yaml", **ONE_GPU_EACH)
+    env = job_env(fail_first_curate(workdir / "fault" / "bin", workdir / "fault" / "curate-failed-once"))
+    command = slurm_snakemake(workdir, config)
+    seconds = {}
+
+    started = time.monotonic()
+    log = workdir / "first_run.log"
+    with log.open("w") as out:
+        process = subprocess.Popen([*command, "--retries", "0"], stdout=out, stderr=subprocess.STDOUT, env=env,
+                                   cwd=workdir)
+        cancelled_job, shard = cancel_first_teacher_job(process, workdir, log)
+        try:
+            process.wait(timeout=1200)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+    first = subprocess.CompletedProcess(process.args, process.returncode, log.read_text(), "")
+    seconds["first run (stopped by scancel)"] = time.monotonic() - started
+    servers = vllm_servers()
+
+    started = time.monotonic()
+    second = subprocess.run(command, capture_output=True, text=True, env=env, cwd=workdir, timeout=1800)
+    seconds["second run (finishes)"] = time.monotonic() - started
+    print(f"\nSLURM runs: {', '.join(f'{name} {value:.0f} s' for name, value in seconds.items())}")
+    if second.returncode != 0:
+        logs = "\n".join(f"== {p}\n{p.read_text()[-3000:]}" for p in sorted((workdir / "logs").rglob("*.log"))
+                         if "server" not in p.name)
+        pytest.fail(f"the SLURM run failed:\n{second.stdout[-6000:]}\n{second.stderr[-6000:]}\n{logs}")
+    return SlurmRun(workdir, cancelled_job, shard, first, servers, second, cluster_jobs(), seconds)
+
+
+def test_the_tiny_pipeline_runs_through_sbatch_and_writes_eval_json(slurm_run):
+    workdir = slurm_run.workdir
+    document = json.loads((workdir / "results" / "eval.json").read_text())
+    assert set(document["models"]) == {"student", "sft"}
+    for model in document["models"].values():
+        assert set(model["benchmarks"]) == {"chain_sum", "basic_arithmetic"}
+    assert (workdir / "results" / "report.html").is_file()  # a local rule, run where snakemake runs
+
+
+def test_every_cluster_job_went_through_sbatch_with_the_profiles_resources(slurm_run):
+    jobs = slurm_run.jobs
+    per_rule = {rule: sum(job["rule"] == rule for job in jobs) for rule in GPU_RULES | CPU_RULES}
+    # Two shards, two evaluated models; plus the cancelled teacher job and the curate attempt that failed.
+    assert per_rule == {"prepare_data": 1, "teacher": 3, "reward": 2, "curate": 2, "train": 1, "evaluate": 2,
+                        "score_eval": 2, "eval_summary": 1}
+    assert {job["rule"] for job in jobs} == GPU_RULES | CPU_RULES  # no local rule, no prepare_model
+    assert len({job["JobName"] for job in jobs}) == 2  # one SLURM run id per snakemake run
+    for job in jobs:
+        expected = profile_resources(job["rule"])
+        where = f"{job['rule']} (SLURM job {job['JobId']})"
+        assert megabytes(job["MinMemoryNode"]) == int(expected["mem_mb"]), where
+        assert minutes(job["TimeLimit"]) == int(expected["runtime"]), where
+        assert job["Partition"] == "debug" and job["NumNodes"] == "1", where  # the cluster's default partition
+        assert 1 <= int(job["NumCPUs"]) <= os.cpu_count(), where
+        if job["rule"] in GPU_RULES:
+            assert job.get("TresPerJob") == "gres:gpu:1", where  # the rules' `gpu` resource: --gpus=1
+        else:
+            assert "gpu" not in job.get("TresPerJob", "") + job.get("TresPerNode", ""), where
+    finished = [job for job in jobs if job["JobId"] != slurm_run.cancelled_job and job["rule"] != "curate"]
+    assert {job["JobState"] for job in finished} == {"COMPLETED"}
+
+
+def test_a_job_that_fails_once_is_submitted_again_and_the_run_completes(slurm_run):
+    first, second = [job for job in slurm_run.jobs if job["rule"] == "curate"]
+    assert (first["JobState"], second["JobState"]) == ("FAILED", "COMPLETED")
+    assert first["ExitCode"] != "0:0"
+    output = slurm_run.second.stdout + slurm_run.second.stderr
+    assert "Trying to restart job" in output
+    assert INJECTED in output  # show-failed-logs: the failed attempt's log, in the run's output
+    assert (slurm_run.workdir / "results" / "sft" / "train.parquet").is_file()
+
+
+def test_a_cancelled_job_is_reported_and_the_rerun_finishes_its_work(slurm_run):
+    job, shard = slurm_run.cancelled_job, slurm_run.cancelled_shard
+    assert slurm_run.first.returncode != 0
+    output = slurm_run.first.stdout
+    assert f"SLURM-job '{job}' failed, SLURM status is: 'CANCELLED'" in output
+    assert re.search(rf"Error in rule teacher:.*?output: results/teacher/{shard}\.parquet", output, re.S)
+    assert f"rule_teacher/{shard}/{job}.log" in output  # where the job's SLURM log is
+    assert slurm_run.servers_after_first == []  # the cancelled job stopped its vLLM server
+    cancelled = next(j for j in slurm_run.jobs if j["JobId"] == job)
+    assert cancelled["JobState"] == "CANCELLED"
+    rows = pq.read_table(slurm_run.workdir / "results" / "teacher" / f"{shard}.parquet").num_rows
+    assert rows == 4 * 2  # the rerun sampled the whole shard: 4 problems x 2 samples
+
+
+def test_training_runs_as_srun_and_torchrun_inside_its_job(slurm_run, cluster):
+    (train,) = [job for job in slurm_run.jobs if job["rule"] == "train"]
+    log = (slurm_run.workdir / ".snakemake" / "slurm_logs" / "rule_train" / "sft" / f"{train['JobId']}.log").read_text()
+    command = shell_command(log, "train_sft.py")
+    assert command.startswith("srun --overlap --nodes=1 --ntasks=1 --ntasks-per-node=1 --kill-on-bad-exit=1"
+                              " torchrun --nnodes=1 --nproc_per_node=1 --rdzv_backend=c10d --rdzv_id=${SLURM_JOB_ID")
+    # Step 0 is the executor's srun running the job; step 1, inside it, is the launcher's srun.
+    steps = re.findall(rf"launch task StepId={train['JobId']}\.(\d+)", (cluster / "slurmd.log").read_text())
+    assert steps == ["0", "1"]
+    summary = json.loads((slurm_run.workdir / "results" / "train" / "sft" / "summary.json").read_text())
+    assert summary["steps"] > 0
+
+
+def test_two_node_training_asks_for_two_nodes_and_gpus_per_node(slurm_run, cluster, tmp_path):
+    """The 2-node x 8-GPU launch command from a dry run, and its submission read back from the controller
+    (which accepts it and keeps it pending: this cluster has one node), then cancelled."""
+    two_nodes = edited_config(TINY, tmp_path / "two_nodes.yaml", **{"train.gpus": 8, "train.nodes": 2})
+    one_process = edited_config(TINY, tmp_path / "one_process.yaml", **{"train.gpus": 8, "train.launcher": "python"})
+    workdir = tmp_path / "run"
+    (workdir / "results" / "sft").mkdir(parents=True)
+    for name in ("train.parquet", "val.parquet"):
+        os.link(slurm_run.workdir / "results" / "sft" / name, workdir / "results" / "sft" / name)
+    link_models(workdir, ("smollm2-135m-instruct",))
+    only_train = ("results/models/sft", "--allowed-rules", "train")  # the target first: --allowed-rules takes a list
+
+    dry = {}
+    for name, config in (("two_nodes", two_nodes), ("one_process", one_process)):
+        result = subprocess.run([*slurm_snakemake(workdir, config), "-n", *only_train], capture_output=True,
+                                text=True, env=job_env(), timeout=300)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        dry[name] = shell_command(result.stdout, "train_sft.py")
+    launcher = ("srun --overlap --nodes=2 --ntasks=2 --ntasks-per-node=1 --kill-on-bad-exit=1"
+                " torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d"
+                " --rdzv_id=${SLURM_JOB_ID:?train.launcher srun runs in a SLURM job: use --profile profiles/slurm}"
+                ' --rdzv_endpoint=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1):$((29500 + SLURM_JOB_ID % 1000))')
+    # The trainer's own arguments are those of a one-process run, flag for flag.
+    assert dry["two_nodes"] == launcher + dry["one_process"].removeprefix("python")
+
+    before = {job["JobId"] for job in cluster_jobs()}
+    log = tmp_path / "submit.log"
+    with log.open("w") as out:
+        process = subprocess.Popen([*slurm_snakemake(workdir, two_nodes), "--retries", "0", "--verbose", *only_train],
+                                   stdout=out, stderr=subprocess.STDOUT, env=job_env())
+        deadline = time.monotonic() + 120
+        submitted = []
+        while not submitted and process.poll() is None and time.monotonic() < deadline:
+            submitted = [job for job in cluster_jobs() if job["JobId"] not in before]
+            time.sleep(0.5)
+        assert submitted, log.read_text()[-3000:]
+        (job,) = submitted
+        subprocess.run(["scancel", job["JobId"]], check=True)
+        process.wait(timeout=120)
+    output = log.read_text()
+    assert job["rule"] == "train" and job["JobState"] == "PENDING"
+    assert job["NumNodes"].split("-")[0] == "2" and job["NumTasks"] == "2"  # one task (torchrun) per node
+    assert job["TresPerNode"] == "gres:gpu:8" and "TresPerJob" not in job
+    assert megabytes(job["MinMemoryNode"]) == int(profile_resources("train")["mem_mb"])  # per node
+    assert minutes(job["TimeLimit"]) == int(profile_resources("train")["runtime"])
+    (sbatch,) = [line for line in output.splitlines() if "sbatch call: sbatch" in line]
+    assert " --nodes=2" in sbatch and " --gres=gpu:8" in sbatch and "--gpus=" not in sbatch
+    assert process.returncode != 0 and f"SLURM-job '{job['JobId']}' failed" in output
+
+
+def test_more_than_one_node_without_srun_is_refused_before_any_job(tmp_path):
+    config = edited_config(TINY, tmp_path / "c.yaml", **{"train.nodes": 2, "train.launcher": "torchrun"})
+    result = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
+                             str(tmp_path), "--configfile", str(config), "-n", "results/eval.json"],
+                            capture_output=True, text=True, env=job_env(), timeout=300)
+    assert result.returncode != 0
+    assert "train.launcher: torchrun starts one node; train.nodes: 2 needs srun" in result.stdout + result.stderr
