@@ -222,3 +222,19 @@ def test_the_report_is_remade_only_through_its_inputs(finished_run, tmp_path):
     assert set(planned) == {"evaluate", "score_eval", "eval_summary", "report"}
     reason = _report_reasons(workdir, edited)
     assert "Input files updated by another job" in reason and "Params" not in reason and "Code" not in reason
+
+
+def test_resampling_the_evaluation_with_the_same_seeds_gives_identical_metrics(finished_run):
+    """Evaluation sampled again (new vLLM servers, same seeds): the same answers, so the same eval.json metrics.
+    Rebuilds through rule all, so the report stays up to date for the tests after this one."""
+    workdir, _ = finished_run
+    before = json.loads((workdir / "results" / "eval.json").read_text())
+    responses = {label: pq.read_table(workdir / "results" / "eval" / f"{label}.parquet").column("response").to_pylist()
+                 for label in before["models"]}
+    result = snakemake(workdir, TINY, "--forcerun", "evaluate", timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    after = json.loads((workdir / "results" / "eval.json").read_text())
+    for label, model in before["models"].items():
+        assert after["models"][label]["benchmarks"] == model["benchmarks"], label
+        again = pq.read_table(workdir / "results" / "eval" / f"{label}.parquet").column("response").to_pylist()
+        assert again == responses[label], label
