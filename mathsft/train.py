@@ -47,6 +47,9 @@ class TrainConfig:
     lora_rank: int = 0  # 0: full fine-tuning; >0: LoRA adapters on every linear layer, merged at export
     lora_alpha: int = 16
     lora_dropout: float = 0.0
+    # Liger's Triton kernels on GPUs: RMSNorm, SwiGLU and RoPE fused, and a fused linear cross-entropy
+    # that never holds a chunk of logits (ZeRO-3 keeps the chunked loss: its head weight is partitioned).
+    liger_kernel: bool = False
 
 
 class ConfigError(ValueError):
@@ -108,6 +111,9 @@ def _collate(batch, pad_id):
 
 
 LOSS_CHUNK_TOKENS = 4096
+# Up to this many logits (label tokens x vocabulary; 1 GiB in float32) the loss keeps them for the backward
+# pass; beyond it, chunks of LOSS_CHUNK_TOKENS are recomputed there instead.
+LOGITS_IN_MEMORY = 2**28
 
 
 def _decoder_and_head(model):
@@ -125,10 +131,11 @@ def _chunk_loss(head, hidden, targets):
     return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
 
 
-def summed_label_loss(model, input_ids, labels, **kwargs):
-    """Sum of next-token cross-entropy over the label tokens. Logits are made only at label positions and
-    LOSS_CHUNK_TOKENS at a time, recomputed in the backward pass: a 150k-token vocabulary's float32 logits
-    for every position of a packed row would be the largest tensor of the step."""
+def summed_label_loss(model, input_ids, labels, fused_loss=None, **kwargs):
+    """Sum of next-token cross-entropy over the label tokens. Logits are made only at label positions; when
+    they would exceed LOGITS_IN_MEMORY, LOSS_CHUNK_TOKENS at a time, recomputed in the backward pass (a
+    150k-token vocabulary's float32 logits for a packed row would be the largest tensor of the step).
+    `fused_loss(hidden, weight, targets)`, where given, computes the summed loss without logits (Liger)."""
     import torch
     from torch.utils.checkpoint import checkpoint
 
@@ -139,6 +146,10 @@ def summed_label_loss(model, input_ids, labels, **kwargs):
     hidden, targets = hidden[keep], targets[keep]
     if targets.numel() == 0:
         return hidden.sum() * 0.0
+    if fused_loss is not None:
+        return fused_loss(hidden, head.weight, targets)
+    if targets.numel() * head.out_features <= LOGITS_IN_MEMORY:
+        return _chunk_loss(head, hidden, targets)
     total = torch.zeros((), dtype=torch.float32, device=hidden.device)
     for start in range(0, targets.numel(), LOSS_CHUNK_TOKENS):
         chunk = slice(start, start + LOSS_CHUNK_TOKENS)
@@ -146,7 +157,18 @@ def summed_label_loss(model, input_ids, labels, **kwargs):
     return total
 
 
-def micro_batch_loss(model, batch, packed: bool, pad_id: int, device):
+def liger_loss():
+    """Liger's fused linear cross-entropy as a summed loss (float32 accumulation), for summed_label_loss."""
+    import torch
+    from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+
+    def fused(hidden, weight, targets):
+        return liger_fused_linear_cross_entropy(hidden, weight, targets, reduction="sum", accum_dtype=torch.float32)
+
+    return fused
+
+
+def micro_batch_loss(model, batch, packed: bool, pad_id: int, device, fused_loss=None):
     """Summed next-token loss over the label tokens of one micro-batch, and the positions computed (real
     tokens + padding) for the padding-waste figure."""
     from mathsft import packing
@@ -157,7 +179,7 @@ def micro_batch_loss(model, batch, packed: bool, pad_id: int, device):
     else:
         input_ids, labels, attention = _collate(batch, pad_id)
         kwargs = {"attention_mask": attention.to(device)}
-    loss = summed_label_loss(model, input_ids.to(device), labels.to(device), **kwargs)
+    loss = summed_label_loss(model, input_ids.to(device), labels.to(device), fused_loss, **kwargs)
     return loss, input_ids.numel()
 
 
@@ -194,10 +216,18 @@ def _init_distributed():
     return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
 
 
-def deepspeed_config(path: str, cfg: TrainConfig, gradient_accumulation_steps: int, use_bf16: bool) -> dict:
+def deepspeed_config(path: str, cfg: TrainConfig, gradient_accumulation_steps: int, use_bf16: bool,
+                     world_size: int = 1) -> dict:
     """The JSON at `path` with the batch, optimiser and precision values filled in from `cfg`. Gradient
-    accumulation is ours (managed_gradient_accumulation off): packed steps have varying micro-batch counts."""
+    accumulation is ours (managed_gradient_accumulation off): packed steps have varying micro-batch counts.
+    In one float32 process ZeRO-1/2 has nothing to partition, so without offload it runs as stage 0: the
+    same update without ZeRO's gradient hooks and flat buffers (about a sixth of a CPU step; see bench/).
+    Not in bf16: DeepSpeed's stage 0 would then accumulate gradients in bf16, where ZeRO keeps float32."""
     ds = json.loads(Path(path).read_text())
+    zero = ds.get("zero_optimization", {})
+    if world_size == 1 and not use_bf16 and zero.get("stage") in (1, 2) and not zero.get("offload_optimizer"):
+        log.info("one process: ZeRO stage %s runs as stage 0 (nothing to partition)", zero["stage"])
+        ds["zero_optimization"] = {"stage": 0}
     ds.update(
         train_batch_size=cfg.global_batch_size,
         train_micro_batch_size_per_gpu=cfg.micro_batch_size_per_device,
@@ -223,10 +253,12 @@ def cosine_with_warmup(total_steps: int, warmup_steps: int):
     return factor
 
 
-def run_fingerprint(cfg: TrainConfig) -> str:
-    """What a checkpoint must match to be resumed from: every setting that shapes training, the start model
-    and the training data's content (not where outputs go, nor how often checkpoints are written)."""
+def run_fingerprint(cfg: TrainConfig, world_size: int = 1) -> str:
+    """What a checkpoint must match to be resumed from: every setting that shapes training, the start model,
+    the training data's content and the process count (it splits the data and shapes the ZeRO states); not
+    where outputs go, nor how often checkpoints are written."""
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("output_dir", "checkpoint_dir", "checkpoint_every")}
+    settings["world_size"] = world_size
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     for path in (cfg.train_path, cfg.deepspeed_config):
         digest.update(Path(path).read_bytes())
@@ -298,6 +330,8 @@ def train(cfg: TrainConfig, metrics_path: str) -> dict:
     rank, world_size = _init_distributed()
     gas = check_config(cfg, world_size, getattr(model_config, "max_position_embeddings", None),
                        getattr(model_config, "rope_scaling", None))
+    if cfg.liger_kernel:
+        check_liger()
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
 
@@ -318,6 +352,7 @@ def train(cfg: TrainConfig, metrics_path: str) -> dict:
     attention = packed_attention_implementation() if cfg.packing else "sdpa"
     model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.bfloat16 if use_bf16 else torch.float32,
                                                  attn_implementation=attention)
+    fused_loss = _apply_liger(model) if cfg.liger_kernel else None
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     if cfg.lora_rank:
@@ -331,13 +366,16 @@ def train(cfg: TrainConfig, metrics_path: str) -> dict:
     schedule = cosine_with_warmup(total_steps, warmup_steps)
     engine, _, _, _ = deepspeed.initialize(
         model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
-        config=deepspeed_config(cfg.deepspeed_config, cfg, gas, use_bf16),
+        config=deepspeed_config(cfg.deepspeed_config, cfg, gas, use_bf16, world_size),
         lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
     )
     device = engine.device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eot_id
 
-    checkpoints = Checkpoints(cfg.checkpoint_dir, run_fingerprint(cfg), rank)
+    checkpoints = Checkpoints(cfg.checkpoint_dir, run_fingerprint(cfg, world_size), rank)
+    if fused_loss is not None and engine.zero_optimization_stage() == 3:
+        log.info("ZeRO-3: the head weight is partitioned, so the loss stays chunked (no fused cross-entropy)")
+        fused_loss = None
     resumed = checkpoints.resume(engine)
     checkpoints.prepare(resumed)
     every = cfg.checkpoint_every or steps_per_epoch
@@ -373,7 +411,7 @@ def train(cfg: TrainConfig, metrics_path: str) -> dict:
             for k in range(int(passes[0])):
                 if k < len(micro_batches):
                     loss, computed = micro_batch_loss(engine, [examples[i] for i in micro_batches[k]], cfg.packing,
-                                                      pad_id, device)
+                                                      pad_id, device, fused_loss)
                     step_computed += computed
                 else:  # an empty pass that touches every parameter, so this rank joins the reductions
                     loss = sum(p.sum() * 0.0 for p in engine.module.parameters() if p.requires_grad)
@@ -416,6 +454,31 @@ def train(cfg: TrainConfig, metrics_path: str) -> dict:
                "val_dropped_too_long": val_too_long, "steps": step, "resumed_from_step": resumed,
                "elapsed_s": round(time.monotonic() - started, 1), "end_of_turn": eot, "config": asdict(cfg)}
     return summary
+
+
+def check_liger() -> None:
+    """train.liger_kernel needs a CUDA GPU and the liger-kernel package; checked before the model loads."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError("train.liger_kernel needs a CUDA GPU: Liger's kernels are Triton GPU kernels")
+    try:
+        import liger_kernel.transformers  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError(f"train.liger_kernel is set but Liger is not installed ({exc}): "
+                          "pip install liger-kernel==0.8.5 (MATHSFT_GPU=1 bash setup.sh does)") from exc
+
+
+def _apply_liger(model):
+    """Liger's fused RMSNorm, SwiGLU and RoPE kernels patched into `model`; returns the fused loss."""
+    from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN, _apply_liger_kernel_to_instance
+
+    if model.config.model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
+        raise ConfigError(f"train.liger_kernel: Liger has no kernels for model type {model.config.model_type!r}")
+    # The loss is ours (label positions only); Liger's own loss patch would replace the model's forward.
+    _apply_liger_kernel_to_instance(model=model, fused_linear_cross_entropy=False, cross_entropy=False)
+    log.info("Liger kernels applied to %s", model.config.model_type)
+    return liger_loss()
 
 
 def _float_or_none(value):

@@ -57,7 +57,9 @@ def test_the_loss_of_a_packed_row_equals_the_traces_losses_one_by_one(student_di
     assert not torch.allclose(dense, one_by_one, rtol=1e-3)
 
 
-def test_the_chunked_label_only_loss_equals_cross_entropy_over_full_logits(student_dir, student_tokenizer, monkeypatch):
+@pytest.mark.parametrize("logits_in_memory", [0, None], ids=["chunked-and-recomputed", "kept-for-backward"])
+def test_the_label_only_loss_equals_cross_entropy_over_full_logits(student_dir, student_tokenizer, monkeypatch,
+                                                                   logits_in_memory):
     import torch
     import torch.nn.functional as F
     from transformers import AutoModelForCausalLM
@@ -71,6 +73,8 @@ def test_the_chunked_label_only_loss_equals_cross_entropy_over_full_logits(stude
     model = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32)
     ids, labels = torch.tensor([ids]), torch.tensor([labels])
     monkeypatch.setattr(train, "LOSS_CHUNK_TOKENS", 5)  # several chunks even for a short answer
+    if logits_in_memory is not None:
+        monkeypatch.setattr(train, "LOGITS_IN_MEMORY", logits_in_memory)
     chunked = train.summed_label_loss(model, ids, labels)
     chunked.backward()
     chunked_grad = model.model.layers[0].mlp.up_proj.weight.grad.clone()

@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from mathsft.train import ConfigError, TrainConfig, check_config, cosine_with_warmup, deepspeed_config
+from mathsft.train import (ConfigError, TrainConfig, check_config, cosine_with_warmup, deepspeed_config,
+                           run_fingerprint)
 
 
 def _cfg(tmp_path, **overrides):
@@ -51,3 +52,20 @@ def test_deepspeed_config_gets_batch_and_optimiser_values(tmp_path):
     ds = deepspeed_config(cfg.deepspeed_config, cfg, gradient_accumulation_steps=4, use_bf16=False)
     assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (8, 2, 4)
     assert ds["optimizer"]["params"]["lr"] == 3e-5 and ds["bf16"] == {"enabled": False}
+
+
+def test_one_float32_process_runs_zero_1_and_2_as_stage_0_and_keeps_every_other_setup(tmp_path):
+    cfg = _cfg(tmp_path)
+    assert deepspeed_config(cfg.deepspeed_config, cfg, 4, use_bf16=False, world_size=1)["zero_optimization"] == {"stage": 0}
+    # Several processes partition; bf16 keeps ZeRO's float32 gradient accumulation; offload and ZeRO-3 stay.
+    assert deepspeed_config(cfg.deepspeed_config, cfg, 4, use_bf16=False, world_size=2)["zero_optimization"]["stage"] == 2
+    assert deepspeed_config(cfg.deepspeed_config, cfg, 4, use_bf16=True, world_size=1)["zero_optimization"]["stage"] == 2
+    for zero in ({"stage": 3}, {"stage": 2, "offload_optimizer": {"device": "cpu"}}):
+        ds = tmp_path / "other.json"
+        ds.write_text(json.dumps({"zero_optimization": zero}))
+        assert deepspeed_config(str(ds), cfg, 4, use_bf16=False, world_size=1)["zero_optimization"] == zero
+
+
+def test_a_checkpoint_is_resumed_only_with_the_same_process_count(tmp_path):
+    cfg = _cfg(tmp_path)
+    assert run_fingerprint(cfg, 1) == run_fingerprint(cfg, 1) != run_fingerprint(cfg, 2)
