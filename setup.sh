@@ -11,6 +11,7 @@ pip=(.venv/bin/python -m pip install --disable-pip-version-check --progress-bar 
 
 if [ "${MATHSFT_GPU:-0}" = 1 ]; then
     "${pip[@]}" vllm==0.32.0
+    "${pip[@]}" liger-kernel==0.8.5  # train.liger_kernel: Triton kernels, GPUs only
 else
     # On an ordinary CPU machine add: --index-url https://download.pytorch.org/whl/cpu (torch==2.13.0+cpu).
     "${pip[@]}" torch==2.13.0

@@ -6,7 +6,7 @@ synthetic curated set of chat traces (fixed length, or with --packing lengths sp
 [seq_len/4, seq_len] as real traces are), runs mathsft.train.train (DeepSpeed ZeRO, bf16) for a few steps
 and prints tokens/s and MFU from the trainer's own metrics log. Run on a GPU machine:
 
-    python bench/gpu_train_step.py --tokenizer PATH_TO_A_CHATML_TOKENIZER --steps 6 [--packing]
+    python bench/gpu_train_step.py --tokenizer PATH_TO_A_CHATML_TOKENIZER --steps 6 [--packing] [--liger_kernel]
 
 Model FLOPs per trace of l tokens: l x (6N + 12 x layers x hidden x l) (PaLM's convention: no discount for
 causal attention), summed over the traces of the timed steps.
@@ -66,6 +66,9 @@ def main() -> None:
     parser.add_argument("--global_batch", type=int, default=16)
     parser.add_argument("--deepspeed", default=str(Path(__file__).resolve().parents[1] / "config/deepspeed/zero2.json"))
     parser.add_argument("--gradient_checkpointing", action="store_true")
+    parser.add_argument("--liger_kernel", action="store_true", help="Liger's fused kernels and cross-entropy")
+    parser.add_argument("--profile", action="store_true",
+                        help="run under torch.profiler and print the kernels that took the most GPU time")
     parser.add_argument("--packing", action="store_true",
                         help="varied trace lengths packed into micro-batches of seq_len x micro_batch tokens")
     args = parser.parse_args()
@@ -99,9 +102,20 @@ def main() -> None:
                       output_dir=str(work / "out"), deepspeed_config=args.deepspeed, epochs=1, learning_rate=1e-5,
                       global_batch_size=args.global_batch, micro_batch_size_per_device=args.micro_batch,
                       max_length=args.seq_len, gradient_checkpointing=args.gradient_checkpointing,
+                      liger_kernel=args.liger_kernel,
                       packing=args.packing)
     started = time.monotonic()
-    summary = train(cfg, str(work / "metrics.jsonl"))
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            summary = train(cfg, str(work / "metrics.jsonl"))
+        events = prof.key_averages()
+        print(events.table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=70))
+        busy = sum(e.self_device_time_total for e in events) / 1e6
+        print(f"GPU kernel time {busy:.1f} s of {time.monotonic() - started:.1f} s wall (profiler on)")
+    else:
+        summary = train(cfg, str(work / "metrics.jsonl"))
     wall = time.monotonic() - started
     steps = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -120,7 +134,7 @@ def main() -> None:
     achieved = flops_per_token * tokens_per_s / 1e12
     print(json.dumps({
         "device": name, "params": n_params, "seq_len": args.seq_len, "micro_batch": args.micro_batch,
-        "global_batch": args.global_batch, "packing": args.packing, "mean_trace_tokens": round(sum(lengths) / len(lengths)),
+        "global_batch": args.global_batch, "packing": args.packing, "liger_kernel": args.liger_kernel, "mean_trace_tokens": round(sum(lengths) / len(lengths)),
         "padding_waste": round(sum(s["padding_waste"] for s in timed) / len(timed), 4),
         "steps_timed": len(timed), "tokens_per_s": round(tokens_per_s, 1),
         "model_tflops": round(achieved, 1), "peak_bf16_tflops": peak,

@@ -22,6 +22,7 @@ rule train:
         micro_batch_size_per_device=config["train"]["micro_batch_size_per_device"],
         max_length=config["train"]["max_length"],
         gradient_checkpointing="--gradient_checkpointing" if config["train"]["gradient_checkpointing"] else "",
+        liger_kernel="--liger_kernel" if config["train"]["liger_kernel"] else "",
         seed=config["train"]["seed"],
         packing="--packing" if config["train"]["packing"] else "--no-packing",
         lora=f"--lora_rank {config['train']['lora_rank']} --lora_alpha {config['train']['lora_alpha']}"
@@ -48,7 +49,7 @@ rule train:
         " --weight_decay {params.weight_decay} --max_grad_norm {params.max_grad_norm}"
         " --global_batch_size {params.global_batch_size}"
         " --micro_batch_size_per_device {params.micro_batch_size_per_device}"
-        " --max_length {params.max_length} {params.gradient_checkpointing} --seed {params.seed}"
+        " --max_length {params.max_length} {params.gradient_checkpointing} {params.liger_kernel} --seed {params.seed}"
         " {params.packing} {params.lora} --checkpoint_every {resources.checkpoint_every}"
         " --checkpoint_dir results/train/{wildcards.run}/checkpoints"
         " --threads {threads} > {log} 2>&1"

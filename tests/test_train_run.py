@@ -126,3 +126,11 @@ def test_a_max_length_over_the_context_window_stops_before_any_compute(student_d
     assert result.returncode != 0
     assert "train.max_length (100000) exceeds the model's context window" in result.stderr
     assert not (work / "bad").exists()
+
+
+def test_liger_kernels_without_a_gpu_stop_before_the_model_loads(student_dir, work):
+    result = subprocess.run(train_command(student_dir, work, "liger", "--liger_kernel"), capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode != 0
+    assert "train.liger_kernel needs a CUDA GPU" in result.stderr
+    assert "Loading weights" not in result.stderr and not (work / "liger").exists()
