@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "tests" / "configs" / "tiny.yaml"
+EMBEDDED = ("qwen2.5-coder-0.5b-instruct", "smollm2-135m-instruct")
 # Converted models are kept between test runs on the same machine (conversion takes about two minutes).
 MODEL_CACHE = Path(os.environ.get("MATHSFT_TEST_MODELS", REPO / ".cache" / "models"))
 
@@ -37,3 +39,23 @@ def student_tokenizer(student_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(student_dir)
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory):
+    """A complete run of the tiny config (rule all: eval.json and report.html), once per session: the
+    end-to-end and rerun tests read it, and the SLURM tests compare their own whole run with it. The models
+    are hard links to the per-machine converted copies."""
+    import shutil
+
+    from workflow import snakemake
+
+    workdir = tmp_path_factory.mktemp("run")
+    for name in EMBEDDED:
+        shutil.copytree(converted_model(name), workdir / "results" / "base_models" / name, copy_function=os.link)
+    result = snakemake(workdir, TINY, timeout=2400)
+    if result.returncode != 0:
+        logs = "\n".join(f"== {p}\n{p.read_text()[-3000:]}" for p in sorted((workdir / "logs").rglob("*.log"))
+                         if "server" not in p.name)
+        pytest.fail(f"pipeline failed:\n{result.stdout[-5000:]}\n{result.stderr[-5000:]}\n{logs}")
+    return workdir, result

@@ -4,33 +4,17 @@ then the rerun table of DESIGN.md, one dry run per config edit against the finis
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import converted_model
-from workflow import REPO, edited_config, planned_outputs, snakemake
+from conftest import TINY
+from workflow import edited_config, planned_outputs, snakemake
 
 pytestmark = pytest.mark.e2e
-TINY = REPO / "tests" / "configs" / "tiny.yaml"
-EMBEDDED = ("qwen2.5-coder-0.5b-instruct", "smollm2-135m-instruct")
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    """A complete run of the tiny config; the models are hard links to the per-machine converted copies."""
-    workdir = tmp_path_factory.mktemp("run")
-    for name in EMBEDDED:
-        shutil.copytree(converted_model(name), workdir / "results" / "base_models" / name, copy_function=os.link)
-    result = snakemake(workdir, TINY, timeout=2400)  # rule all: eval.json and report.html
-    if result.returncode != 0:
-        logs = "\n".join(f"== {p}\n{p.read_text()[-3000:]}" for p in sorted((workdir / "logs").rglob("*.log"))
-                         if "server" not in p.name)
-        pytest.fail(f"pipeline failed:\n{result.stdout[-5000:]}\n{result.stderr[-5000:]}\n{logs}")
-    return workdir, result
+# finished_run (conftest.py): the tiny config run to the end once per session; tests/test_slurm.py runs it
+# again through SLURM and compares.
 
 
 def test_pipeline_writes_eval_json_with_sane_metrics_for_both_students(finished_run):
@@ -222,19 +206,3 @@ def test_the_report_is_remade_only_through_its_inputs(finished_run, tmp_path):
     assert set(planned) == {"evaluate", "score_eval", "eval_summary", "report"}
     reason = _report_reasons(workdir, edited)
     assert "Input files updated by another job" in reason and "Params" not in reason and "Code" not in reason
-
-
-def test_resampling_the_evaluation_with_the_same_seeds_gives_identical_metrics(finished_run):
-    """Evaluation sampled again (new vLLM servers, same seeds): the same answers, so the same eval.json metrics.
-    Rebuilds through rule all, so the report stays up to date for the tests after this one."""
-    workdir, _ = finished_run
-    before = json.loads((workdir / "results" / "eval.json").read_text())
-    responses = {label: pq.read_table(workdir / "results" / "eval" / f"{label}.parquet").column("response").to_pylist()
-                 for label in before["models"]}
-    result = snakemake(workdir, TINY, "--forcerun", "evaluate", timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
-    after = json.loads((workdir / "results" / "eval.json").read_text())
-    for label, model in before["models"].items():
-        assert after["models"][label]["benchmarks"] == model["benchmarks"], label
-        again = pq.read_table(workdir / "results" / "eval" / f"{label}.parquet").column("response").to_pylist()
-        assert again == responses[label], label

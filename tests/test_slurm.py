@@ -3,6 +3,8 @@ before this module's first cluster test and torn down after its last by tests/sl
 config end to end through sbatch with the resources the profile asks for; a job cancelled with scancel,
 reported, and finished by the rerun; a job that fails once and is submitted again; the training launch
 (srun + torchrun) run for real on one node, and submitted for two nodes and read back from the controller.
+Every result of that run is compared with the local run of the same config (finished_run, conftest.py):
+two whole runs with the same seeds.
 
 Needs root and the packages of tests/system_packages.sh: skipped without them, failed under CI=true."""
 
@@ -280,6 +282,39 @@ def test_training_runs_as_srun_and_torchrun_inside_its_job(slurm_run, cluster):
     assert steps == ["0", "1"]
     summary = json.loads((slurm_run.workdir / "results" / "train" / "sft" / "summary.json").read_text())
     assert summary["steps"] > 0
+
+
+def run_results(workdir: Path) -> dict[str, object]:
+    """What a run computed, stage by stage, without its timings: teacher samples, curated rows, training
+    losses and gradient norms, the exported weights, evaluation samples, and eval.json's metrics."""
+    import hashlib
+
+    results = workdir / "results"
+    samples = lambda paths: sorted(  # noqa: E731
+        (r["problem_id"], r["sample_index"], r["seed"], r["response"], r["finish_reason"], r["completion_tokens"])
+        for path in paths for r in pq.read_table(path).to_pylist())
+    steps = [json.loads(line) for line in (results / "train" / "sft" / "metrics.jsonl").read_text().splitlines()]
+    document = json.loads((results / "eval.json").read_text())
+    return {
+        "teacher samples": samples(sorted((results / "teacher").glob("*.parquet"))),
+        "curated train rows": [(r["problem_id"], r["sample_index"], r["response"])
+                               for r in pq.read_table(results / "sft" / "train.parquet").to_pylist()],
+        "training losses": [(s["step"], s.get("loss"), s.get("grad_norm"), s.get("val_loss")) for s in steps],
+        "exported weights": hashlib.sha256((results / "models" / "sft" / "model.safetensors").read_bytes()).hexdigest(),
+        "evaluation samples": {label: samples([results / "eval" / f"{label}.parquet"]) for label in document["models"]},
+        "eval.json metrics": {label: model["benchmarks"] for label, model in document["models"].items()},
+    }
+
+
+def test_a_second_whole_run_with_the_same_seeds_reproduces_every_result(slurm_run, finished_run):
+    """Two whole runs of the tiny config with the same seeds: the local one (finished_run) and this one,
+    through SLURM, with a teacher job cancelled and sampled again and a curate job failed and retried. Every
+    seeded stage gives the same result: vLLM sampling, scoring, curation, DeepSpeed training on CPU (the same
+    weights, byte for byte) and evaluation, so eval.json's metrics are identical."""
+    local, cluster_run = run_results(finished_run[0]), run_results(slurm_run.workdir)
+    assert local["teacher samples"] and local["curated train rows"] and local["training losses"]
+    differ = [name for name in local if local[name] != cluster_run[name]]
+    assert differ == [], {name: (local[name], cluster_run[name]) for name in differ}
 
 
 def test_two_node_training_asks_for_two_nodes_and_gpus_per_node(slurm_run, cluster, tmp_path):
