@@ -6,7 +6,7 @@ Each configuration runs in its own process, one after another, in alternating or
 noise on a shared 2-core machine is large). Reported per run: real (non-padding) tokens per second over the
 steps after the first, padding waste (padding positions / positions computed) and peak RSS.
 
-    python bench/train_throughput.py --model .cache/models/smollm2-135m-instruct --examples 64 --rounds 1
+    python bench/train_throughput.py --examples 32 --rounds 2
 
 TRL is a benchmark-only dependency: pip install trl==1.16.0 (it leaves torch and transformers as they are).
 The data is a synthetic curated set whose traces span 100-720 tokens (median about 400), like the teacher
