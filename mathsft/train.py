@@ -418,7 +418,10 @@ def train(cfg: TrainConfig, metrics_path: str) -> dict:
                 # DeepSpeed averages gradients over ranks: scale by world size so they sum to the token mean.
                 engine.backward(loss * world_size / label_tokens, scale_wrt_gas=False)
                 step_loss += float(loss.detach())
+            # DeepSpeed's stage 0 clips float32 gradients without keeping their norm: take it before the step.
+            own_norm = _gradient_norm(engine.module) if engine.zero_optimization_stage() == 0 else None
             engine.step()
+            grad_norm = own_norm if own_norm is not None else _float_or_none(engine.get_global_grad_norm())
             computed_all = torch.tensor([float(step_computed), step_loss], dtype=torch.float64, device=device)
             if world_size > 1:
                 torch.distributed.all_reduce(computed_all)
@@ -427,7 +430,7 @@ def train(cfg: TrainConfig, metrics_path: str) -> dict:
             epoch_real += real_tokens
             record({
                 "step": step, "epoch": epoch, "loss": float(computed_all[1]) / label_tokens,
-                "lr": engine.get_lr()[0], "grad_norm": _float_or_none(engine.get_global_grad_norm()),
+                "lr": engine.get_lr()[0], "grad_norm": grad_norm,
                 "tokens": int(real_tokens), "computed_tokens": int(computed_all[0]),
                 "tokens_per_s": real_tokens / elapsed, "padding_waste": 1.0 - real_tokens / float(computed_all[0]),
                 "micro_batches": len(micro_batches), "elapsed_s": time.monotonic() - started,
@@ -479,6 +482,14 @@ def _apply_liger(model):
     _apply_liger_kernel_to_instance(model=model, fused_linear_cross_entropy=False, cross_entropy=False)
     log.info("Liger kernels applied to %s", model.config.model_type)
     return liger_loss()
+
+
+def _gradient_norm(module) -> float:
+    """Global L2 norm of the gradients of `module` (one process: they are the whole gradient)."""
+    import torch
+
+    grads = [p.grad.detach() for p in module.parameters() if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))) if grads else 0.0
 
 
 def _float_or_none(value):

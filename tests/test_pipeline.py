@@ -59,7 +59,7 @@ def test_fine_tuned_model_stops_on_im_end_and_its_training_is_logged(finished_ru
     assert json.loads((model / "generation_config.json").read_text())["eos_token_id"] == 2
     assert json.loads((model / "tokenizer_config.json").read_text())["eos_token"] == "<|im_end|>"
     steps = [json.loads(line) for line in (workdir / "results" / "train" / "sft" / "metrics.jsonl").read_text().splitlines()]
-    assert steps and all(s["loss"] > 0 for s in steps if "loss" in s)
+    assert steps and all(s["loss"] > 0 and s["grad_norm"] > 0 for s in steps if "loss" in s)
 
 
 def test_no_vllm_server_outlives_the_run(finished_run):
