@@ -4,6 +4,8 @@ boundary (per-trace causal attention; flash-attention's varlen kernel where it i
 
 from __future__ import annotations
 
+import functools
+
 from mathsft.chat import IGNORE_INDEX
 
 ATTENTION = "mathsft_packed"
@@ -54,13 +56,20 @@ def packed_kwargs(cu_seqlens, device) -> dict:
 _varlen_failed = False
 
 
-def _varlen_attention(module, query, key, value, cu_seqlens, max_length, scaling):
-    """PyTorch's varlen flash attention over a packed row (CUDA): (1, H, L, D) in, (1, L, H, D) out."""
+@functools.cache
+def _varlen_kernel():
+    """PyTorch's varlen_attn and the keyword arguments this torch version's signature takes (read once, not
+    in every layer's call)."""
     import inspect
 
     from torch.nn.attention.varlen import varlen_attn
 
-    options = inspect.signature(varlen_attn).parameters
+    return varlen_attn, frozenset(inspect.signature(varlen_attn).parameters)
+
+
+def _varlen_attention(module, query, key, value, cu_seqlens, max_length, scaling):
+    """PyTorch's varlen flash attention over a packed row (CUDA): (1, H, L, D) in, (1, L, H, D) out."""
+    varlen_attn, options = _varlen_kernel()
     q, k, v = (t[0].transpose(0, 1).contiguous() for t in (query, key, value))  # (L, heads, D)
     kwargs = {"scale": scaling}
     kwargs.update({"window_size": (-1, 0)} if "window_size" in options else {"is_causal": True})

@@ -489,7 +489,7 @@ def _gradient_norm(module) -> float:
     import torch
 
     grads = [p.grad.detach() for p in module.parameters() if p.grad is not None]
-    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))) if grads else 0.0
+    return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
 
 
 def _float_or_none(value):

@@ -1,4 +1,5 @@
 # Helpers shared by the rules. Nothing here imports torch, vLLM or transformers: a dry run stays fast.
+import functools
 import hashlib
 import json
 import math
@@ -64,12 +65,17 @@ def eval_benchmarks():
     return chosen
 
 
+@functools.cache
+def dataset_catalog():
+    """config/datasets.yaml, read once per Snakemake run (the DAG asks for it once per dataset and rule)."""
+    with open(os.path.join(workflow.basedir, "config", "datasets.yaml")) as handle:
+        return yaml.safe_load(handle) or {}
+
+
 def dataset_specs():
     """Every dataset the config can name (hub or files sources): config/datasets.yaml, overridden and
     extended by data.datasets. Only the names in use are checked, in dataset_spec()."""
-    with open(os.path.join(workflow.basedir, "config", "datasets.yaml")) as handle:
-        catalog = yaml.safe_load(handle) or {}
-    return catalog | config["data"]["datasets"]
+    return dataset_catalog() | config["data"]["datasets"]
 
 
 def dataset_spec(name):
