@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -63,13 +64,17 @@ def main() -> None:
     figures = {"mathsft": [], "vllm_bench_serve": []}
     with ManagedServer(args.model, "m", work / "server.log", args=server["args"], env=server["env"],
                        health_timeout_s=600) as managed:
+        # vLLM's load generator sends the key of OPENAI_API_KEY; the managed server demands its per-job key.
+        os.environ["OPENAI_API_KEY"] = managed.api_key
         # One short warm-up so neither client pays the first requests' start-up.
-        sample(rows[:4], managed.base_url, "m", "boxed_cot_v1", sampling, ClientSettings(concurrency=4))
+        sample(rows[:4], managed.base_url, "m", "boxed_cot_v1", sampling, ClientSettings(concurrency=4),
+               api_key=managed.api_key)
         for _ in range(args.rounds):
             figures["vllm_bench_serve"].append(vllm_bench(managed.base_url, "m", args.model, prompts_path, args, work))
             started = time.monotonic()
             records, summary = sample(rows, managed.base_url, "m", "boxed_cot_v1", sampling,
-                                      ClientSettings(concurrency=args.concurrency), check_alive=managed.check_alive)
+                                      ClientSettings(concurrency=args.concurrency), api_key=managed.api_key,
+                                      check_alive=managed.check_alive)
             tokens = sum(r["completion_tokens"] for r in records)
             figures["mathsft"].append(tokens / (time.monotonic() - started))
     mean = {name: sum(values) / len(values) for name, values in figures.items()}

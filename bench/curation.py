@@ -94,6 +94,7 @@ def generate(rows: int, shards: int, folder: Path) -> list[str]:
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion,
             "model": ["agentica-org/DeepScaleR-1.5B-Preview"] * n,
+            "served_model_name": [None] * n,
             "prompt_template": ["boxed_cot_v1"] * n,
             "api": ["chat"] * n,
             "temperature": np.full(n, 0.6),

@@ -49,7 +49,8 @@ def synthetic_traces(tokenizer, lengths: list[int]) -> tuple[list[dict], list[in
         rows.append({
             "problem_id": f"{i:016x}", "source": "synthetic", "problem": messages[0]["content"], "answer": "$1$",
             "sample_index": 0, "messages": json.dumps(messages), "response": response, "finish_reason": "stop",
-            "prompt_tokens": 20, "completion_tokens": tokens, "model": "synthetic", "prompt_template": "boxed_cot_v1",
+            "prompt_tokens": 20, "completion_tokens": tokens, "model": "synthetic",
+            "served_model_name": None, "prompt_template": "boxed_cot_v1",
             "api": "chat", "temperature": 0.6, "top_p": 0.95, "max_tokens": tokens, "seed": i, "latency_s": 0.0,
             "extracted_answer": "1", "reward": 1.0, "verifier_status": "correct",
         })

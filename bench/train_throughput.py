@@ -47,6 +47,7 @@ def synthetic_set(path: Path, count: int, seed: int) -> None:
             "problem_id": f"{i:016x}", "source": "synthetic", "problem": problem, "answer": f"${i}$", "sample_index": 0,
             "messages": json.dumps(build_messages(problem, "boxed_cot_v1")), "response": response,
             "finish_reason": "stop", "prompt_tokens": 40, "completion_tokens": words, "model": "synthetic",
+            "served_model_name": None,
             "prompt_template": "boxed_cot_v1", "api": "chat", "temperature": 0.6, "top_p": 0.95, "max_tokens": 1024,
             "seed": i, "latency_s": 0.0, "extracted_answer": str(i), "reward": 1.0, "verifier_status": "correct",
         })

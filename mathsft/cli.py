@@ -7,7 +7,7 @@ import logging
 import os
 
 from mathsft.generate import ClientSettings, Sampling
-from mathsft.serve import serving
+from mathsft.serve import check_no_secrets, serving
 
 
 def setup_logging() -> None:
@@ -32,12 +32,16 @@ def add_sampling_args(parser: argparse.ArgumentParser, samples: int, max_tokens:
 
 def add_server_args(parser: argparse.ArgumentParser, model_required: bool = True) -> None:
     group = parser.add_argument_group("server and client")
-    group.add_argument("--model", required=model_required, help="model path or Hugging Face id the server loads")
-    group.add_argument("--served_model_name", default=None, help="name requests use (default: --model)")
+    group.add_argument("--model", required=model_required,
+                       help="with --endpoint: the model's name on that server; else the model path or Hugging Face "
+                            "id the managed server loads")
+    group.add_argument("--served_model_name", default=None,
+                       help="managed server only: the name it serves the model under (default: --model)")
     group.add_argument("--endpoint", default=None,
                        help="base URL of a running OpenAI-compatible server, e.g. http://host:8000/v1; "
-                            "without it this job starts and stops its own vLLM server")
-    group.add_argument("--api_key_env", default=None, help="name of the environment variable holding the API key")
+                            "without it this job starts and stops its own vLLM server, with a key of its own")
+    group.add_argument("--api_key_env", default=None,
+                       help="--endpoint only: name of the environment variable holding that server's API key")
     group.add_argument("--server_arg", action="append", default=[], help="extra vLLM server argument (repeatable)")
     group.add_argument("--server_env", action="append", default=[], metavar="KEY=VALUE",
                        help="environment for the vLLM server (repeatable)")
@@ -78,13 +82,19 @@ def api_key_from_args(args) -> str | None:
     return os.environ[args.api_key_env]
 
 
-def serving_from_args(args, default_log: str) -> serving:
+def serving_from_args(args, default_log: str):
+    """The serving context (mathsft.serve.serving) the options describe; it yields an Endpoint."""
     env = {}
     for item in args.server_env:
         key, sep, value = item.partition("=")
         if not sep:
             raise SystemExit(f"--server_env {item!r}: expected KEY=VALUE")
         env[key] = value
-    args.served_model_name = args.served_model_name or args.model
-    return serving(args.model, args.served_model_name, args.endpoint, args.server_log or default_log,
-                   args.server_arg, env, args.health_timeout_s)
+    if args.api_key_env and not args.endpoint:
+        raise SystemExit("--api_key_env is for a server you run (--endpoint); a managed server makes its own key")
+    try:
+        check_no_secrets(args.server_arg, env, "--server_arg/--server_env")
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    return serving(args.model, args.endpoint, args.server_log or default_log, args.server_arg, env,
+                   args.health_timeout_s, api_key=api_key_from_args(args), served_model_name=args.served_model_name)

@@ -146,6 +146,8 @@ def eval_document(rows_by_model: dict[str, list[dict]], model_ids: dict[str, str
             "sampling": _sampling(label, rows, seed),
             "benchmarks": {bench: benchmark_metrics(by_bench[bench], pass_k) for bench in sorted(by_bench)},
         }
+        if rows[0].get("served_model_name"):
+            models[label]["served_model_name"] = rows[0]["served_model_name"]
     return {"schema_version": EVAL_JSON_VERSION, "config_hash": config_hash, "pass_k": sorted(set(pass_k)),
             "models": models, "versions": versions}
 

@@ -82,13 +82,14 @@ async def _request(client, model, messages, render, sampling, seed, settings) ->
     return text, reply.choices[0].finish_reason, reply.usage
 
 
-async def _sample_one(client, semaphore, model: str, row_index: int, row: dict, sample_index: int, template: str,
-                      sampling: Sampling, settings: ClientSettings, render) -> dict[str, Any]:
+async def _sample_one(client, semaphore, model: str, model_id: str, row_index: int, row: dict, sample_index: int,
+                      template: str, sampling: Sampling, settings: ClientSettings, render) -> dict[str, Any]:
     messages = build_messages(row["problem"], template)
     seed = request_seed(sampling.seed, row["problem_id"], sample_index)
     record = dict(row) | {
         "row_index": row_index, "sample_index": sample_index, "messages": json.dumps(messages),
-        "model": model, "prompt_template": template, "api": "chat" if render is None else "completions",
+        "model": model_id, "served_model_name": model if model != model_id else None, "prompt_template": template,
+        "api": "chat" if render is None else "completions",
         "temperature": sampling.temperature, "top_p": sampling.top_p, "max_tokens": sampling.max_tokens, "seed": seed,
     }
     async with semaphore:
@@ -110,8 +111,8 @@ async def _sample_one(client, semaphore, model: str, row_index: int, row: dict, 
     raise AssertionError("unreachable")
 
 
-async def _sample_all(base_url, api_key, model, rows, todo, template, sampling, settings, check_alive, progress,
-                      render):
+async def _sample_all(base_url, api_key, model, model_id, rows, todo, template, sampling, settings, check_alive,
+                      progress, render):
     import openai
 
     # Our own retry loop counts failures; the client's built-in retries would hide them.
@@ -119,7 +120,8 @@ async def _sample_all(base_url, api_key, model, rows, todo, template, sampling, 
                                 timeout=settings.request_timeout_s)
     semaphore = asyncio.Semaphore(settings.concurrency)
     tasks = [
-        asyncio.ensure_future(_sample_one(client, semaphore, model, i, rows[i], k, template, sampling, settings, render))
+        asyncio.ensure_future(_sample_one(client, semaphore, model, model_id, i, rows[i], k, template, sampling, settings,
+                                          render))
         for i, k in todo
     ]
     results = []
@@ -141,8 +143,10 @@ async def _sample_all(base_url, api_key, model, rows, todo, template, sampling, 
 
 def journal_fingerprint(rows: list[dict], model: str, template: str, sampling: Sampling, api: str = "chat"
                         ) -> dict[str, Any]:
-    """What a journaled sample depends on. samples_per_problem is left out: more samples only add indices."""
-    rows_digest = hashlib.sha256("\n".join(f"{r['problem_id']}\t{r['problem']}" for r in rows).encode()).hexdigest()
+    """What a journaled sample depends on. samples_per_problem is left out: more samples only add indices. Whole
+    rows are digested, not only the problem texts: a journaled record brings back its row's other fields (the gold
+    answer, the benchmark) too."""
+    rows_digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
     return {"model": model, "template": template, "api": api, "temperature": sampling.temperature,
             "top_p": sampling.top_p, "max_tokens": sampling.max_tokens, "seed": sampling.seed, "rows": rows_digest}
 
@@ -151,8 +155,10 @@ def sample(rows: list[dict], base_url: str, model: str, template: str, sampling:
            settings: ClientSettings, api_key: str | None = None,
            check_alive: Callable[[], None] | None = None,
            journal: "Journal | None" = None,
-           render: Callable[[list[dict]], str] | None = None) -> tuple[list[dict], dict[str, Any]]:
-    """Sample `samples_per_problem` responses for each problem row. Returns the successful records (each
+           render: Callable[[list[dict]], str] | None = None,
+           model_id: str | None = None) -> tuple[list[dict], dict[str, Any]]:
+    """Sample `samples_per_problem` responses for each problem row from `model` (the name requests use; records
+    keep `model_id`, the weights behind it, with the served name beside it where the two differ). Returns the successful records (each
     row's own fields + the sample's), ordered by (row, sample index), and a summary; raises
     GenerationFailed when more than `max_failed_fraction` of the samples failed. With a journal, samples
     it already holds are not requested again and each new one is appended as it finishes. With `render`
@@ -177,8 +183,8 @@ def sample(rows: list[dict], base_url: str, model: str, template: str, sampling:
 
     try:
         results = asyncio.run(
-            _sample_all(base_url, api_key, model, rows, todo, template, sampling, settings, check_alive, progress,
-                        render)
+            _sample_all(base_url, api_key, model, model_id or model, rows, todo, template, sampling, settings,
+                        check_alive, progress, render)
         )
     finally:
         bar.close()

@@ -31,7 +31,8 @@ _SAMPLE_FIELDS = [
     ("finish_reason", pa.string()),
     ("prompt_tokens", pa.int32()),
     ("completion_tokens", pa.int32()),
-    ("model", pa.string()),
+    ("model", pa.string()),  # the model id: the weights the server reports it loaded (a path or hub id)
+    ("served_model_name", pa.string()),  # the name requests used, where it differs from the model id
     ("prompt_template", pa.string()),
     ("api", pa.string()),  # chat | completions (the chat template applied by us)
     ("temperature", pa.float64()),
@@ -55,6 +56,9 @@ _EVAL_FIELDS = [("evaluated_model", pa.string()), ("benchmark", pa.string())]
 
 EVAL_GENERATION_SCHEMA = pa.schema(_EVAL_FIELDS + _SAMPLE_FIELDS)
 
+# What evaluation sampling journals per sample: the evaluated model's label is added only after sampling.
+EVAL_SAMPLE_SCHEMA = EVAL_GENERATION_SCHEMA.remove(EVAL_GENERATION_SCHEMA.get_field_index("evaluated_model"))
+
 EVAL_SCHEMA = pa.schema(_EVAL_FIELDS + _SAMPLE_FIELDS + _SCORE_FIELDS)
 
 # What the reward stage reads and writes, by kind of samples.
@@ -72,7 +76,7 @@ def write_parquet(rows: Iterable[dict[str, Any]] | pa.Table, path: str | os.Path
         rows = pa.Table.from_pylist(rows, schema=schema)
     table = rows
     table = table.select(schema.names).cast(schema)
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
 
 
@@ -87,12 +91,23 @@ def read_parquet(path: str | os.PathLike, schema: pa.Schema) -> pa.Table:
 
 def write_json(obj: Any, path: str | os.PathLike) -> None:
     """Write `obj` as indented JSON to `path` atomically."""
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-class _atomic_path:
-    """Context manager yielding a temporary path beside `path`; renamed onto `path` only on success."""
+def fsync_parent(path: str | os.PathLike) -> None:
+    """fsync the folder holding `path`, so that a file created or renamed there survives a crash of the node
+    (the file's own fsync covers its data, not its name)."""
+    fd = os.open(Path(path).parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class atomic_path:
+    """Context manager yielding a temporary path beside `path`; on success the file is fsynced, renamed onto
+    `path` and the rename fsynced, so a crash leaves the old file or the whole new one, never a torn one."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -109,6 +124,13 @@ class _atomic_path:
             umask = os.umask(0)
             os.umask(umask)
             os.chmod(self.tmp, 0o666 & ~umask)
+            # Without it a crash soon after the rename can leave the new name on an empty or partial file.
+            fd = os.open(self.tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             os.replace(self.tmp, self.path)
+            fsync_parent(self.path)
         elif os.path.exists(self.tmp):
             os.unlink(self.tmp)

@@ -12,7 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from mathsft.evaluate import metric_columns, metrics_rows
-from mathsft.io import _atomic_path
+from mathsft.io import atomic_path
 
 # Steps of the curation funnel in stats.json, each a subset of the one before; "fits" (within
 # train.max_length) is optional. Other keys there (problem counts, per-source funnels) are not steps.
@@ -82,7 +82,7 @@ def build_report(eval_path: str | Path, sample_paths: list[str | Path], train_pa
     curation = json.loads(Path(curation_path).read_text()) if curation_path else None
     sources = [str(eval_path), *map(str, sample_paths), *map(str, train_paths)] + ([str(curation_path)] if curation_path else [])
     page = render_report(document, lengths, runs, curation, sources)
-    with _atomic_path(output) as tmp:  # the io module's temporary-name-then-rename
+    with atomic_path(output) as tmp:  # the io module's temporary-name-then-rename
         Path(tmp).write_text(page, encoding="utf-8")
 
 

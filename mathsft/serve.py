@@ -3,8 +3,12 @@ watched while in use and stopped on every exit path."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
+import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -13,13 +17,72 @@ import time
 import urllib.error
 import urllib.request
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 log = logging.getLogger(__name__)
 
 
 class ServerError(RuntimeError):
     """The server failed to start or died; the message carries its last log lines."""
+
+
+# Server arguments and environment variables that carry secrets: never in argv, params or a log line.
+SECRET_ARGS = ("--api-key",)
+SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD)$", re.IGNORECASE)
+
+
+def is_secret_arg(arg: str) -> bool:
+    """A server argument that holds (or introduces) a key: `--api-key` or `--api-key=...`."""
+    return arg.split("=", 1)[0] in SECRET_ARGS
+
+
+def redact(words: list[str]) -> list[str]:
+    """A command line with the value of every secret argument replaced, for log lines."""
+    out, hide_next = [], False
+    for word in words:
+        if hide_next:
+            out.append("***")
+        elif is_secret_arg(word) and "=" in word:
+            out.append(word.split("=", 1)[0] + "=***")
+        else:
+            out.append(word)
+        hide_next = is_secret_arg(word) and "=" not in word
+    return out
+
+
+def check_no_secrets(args: list[str], env: dict[str, str], where: str) -> None:
+    """Refuse keys given as server arguments or variables: they would reach argv (`ps`), logs and Snakemake's
+    metadata. The server inherits the job's environment: export them there instead."""
+    for arg in args:
+        if is_secret_arg(arg):
+            raise ValueError(f"{where}: {arg.split('=', 1)[0]} holds a key; keys never go on a command line. The "
+                             "managed server makes its own per-job key; for a server you run, name the variable "
+                             "that holds its key in api_key_env")
+    for name in env:
+        if SECRET_NAME.search(name):
+            raise ValueError(f"{where}: {name} looks like a secret; do not put it in the config. Export it in the "
+                             "environment that runs snakemake: the server inherits it")
+
+
+def list_models(base_url: str, api_key: str | None, timeout_s: float = 5.0) -> list[dict]:
+    """GET {base_url}/models (OpenAI-compatible): the models the server serves, each with its `id` (the name
+    requests use) and, from vLLM, its `root` (the weights it loaded). Raises urllib's errors."""
+    request = urllib.request.Request(f"{base_url}/models")
+    if api_key:
+        request.add_header("Authorization", f"Bearer {api_key}")
+    with urllib.request.urlopen(request, timeout=timeout_s) as reply:
+        return json.loads(reply.read())["data"]
+
+
+def model_id(models: list[dict], served_model_name: str) -> str | None:
+    """The weights behind `served_model_name` as the server reports them (vLLM's `root`), the name itself
+    when the server does not say, None when it does not serve that name."""
+    for entry in models:
+        if entry.get("id") == served_model_name:
+            return entry.get("root") or served_model_name
+    return None
 
 
 def exit_on_sigterm() -> None:
@@ -53,27 +116,36 @@ def tail(path: Path, lines: int = 30) -> str:
 
 
 class ManagedServer:
-    """`python -m vllm.entrypoints.openai.api_server` for one model, as a context manager."""
+    """`python -m vllm.entrypoints.openai.api_server` for one model, as a context manager. Only this job can use
+    it: it is bound to loopback and demands a key made for this job, given to vLLM through its environment
+    (never argv), and it counts as ready only when it answers with that key, refuses a request without it,
+    and serves the expected name (so a process that took the port first is never sampled from)."""
 
     def __init__(
         self,
         model: str,
-        served_model_name: str,
+        served_model_name: str | None,
         log_path: str | os.PathLike,
         port: int | None = None,
         args: list[str] | None = None,
         env: dict[str, str] | None = None,
         health_timeout_s: float = 600.0,
         host: str = "127.0.0.1",
+        api_key: str | None = None,
     ):
-        self.model, self.served_model_name = model, served_model_name
+        self.args = list(args or [])
+        self.env = dict(env or {})
+        check_no_secrets(self.args, {}, "server arguments")
+        self.model = model
+        # vLLM's default: requests name the model as loaded (a path or hub id).
+        self.served_model_name = served_model_name or model
         self.log_path = Path(log_path)
         self.port = port or free_port()
         self.host = host
-        self.args = list(args or [])
-        self.env = dict(env or {})
+        self.api_key = api_key or secrets.token_urlsafe(32)
         self.health_timeout_s = health_timeout_s
         self.proc: subprocess.Popen | None = None
+        self.model_id: str | None = None  # what the server reports it loaded, once ready
 
     @property
     def base_url(self) -> str:
@@ -103,14 +175,15 @@ class ManagedServer:
 
     def start(self) -> None:
         if port_in_use(self.port, self.host):
-            raise ServerError(f"port {self.port} on {self.host} is already in use; choose another (server.port) or stop what holds it")
+            raise ServerError(f"port {self.port} on {self.host} is already in use; stop what holds it, or leave the "
+                              "port unset so that a free one is chosen")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log.info("starting vLLM: %s (log: %s)", " ".join(self.command()), self.log_path)
+        log.info("starting vLLM: %s (log: %s)", " ".join(redact(self.command())), self.log_path)
         with open(self.log_path, "ab") as server_log:
             # A new session so stop() can signal the server and the engine processes it forks.
             self.proc = subprocess.Popen(
                 self.command(), stdout=server_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, **self.env}, start_new_session=True,
+                env={**os.environ, **self.env, "VLLM_API_KEY": self.api_key}, start_new_session=True,
             )
         self.started_at = time.monotonic()
 
@@ -121,19 +194,24 @@ class ManagedServer:
                 f"vLLM server exited with code {self.proc.returncode}; last lines of {self.log_path}:\n{tail(self.log_path)}"
             )
 
+    def _answer(self, api_key: str | None) -> int | list[dict] | None:
+        """/v1/models asked with `api_key`: the model list, an HTTP error code, or None (nothing answers yet)."""
+        try:
+            return list_models(self.base_url, api_key)
+        except urllib.error.HTTPError as exc:
+            return exc.code
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, ValueError, KeyError):
+            return None
+
     def wait_healthy(self) -> None:
-        """Poll /v1/models until it answers, the process dies, or health_timeout_s passes."""
+        """Poll /v1/models until this job's server answers, the process dies, something else answers on the port,
+        or health_timeout_s passes."""
         deadline = self.started_at + self.health_timeout_s
         while time.monotonic() < deadline:
             self.check_alive()
-            try:
-                with urllib.request.urlopen(f"{self.base_url}/models", timeout=5) as reply:
-                    ready = reply.status == 200
-            except urllib.error.HTTPError as exc:
-                ready = exc.code == 401  # started with --api-key: it answers, so the engine is up
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-                ready = False
-            if ready:
+            answer = self._answer(self.api_key)
+            if answer is not None:
+                self._check_it_is_ours(answer)
                 log.info("vLLM ready after %.1f s", time.monotonic() - self.started_at)
                 return
             time.sleep(1.0)
@@ -141,6 +219,18 @@ class ManagedServer:
             f"vLLM server not ready after {self.health_timeout_s:.0f} s (server.health_timeout_s); "
             f"last lines of {self.log_path}:\n{tail(self.log_path)}"
         )
+
+    def _check_it_is_ours(self, answer: int | list[dict]) -> None:
+        """Our server answers our key with a list holding the served name, and refuses a request without it."""
+        impostor = (f"something other than the vLLM server this job started answers on {self.host}:{self.port}")
+        if isinstance(answer, int):
+            raise ServerError(f"{impostor}: it refused this job's key (HTTP {answer}); not sampling from it")
+        self.model_id = model_id(answer, self.served_model_name)
+        if self.model_id is None:
+            raise ServerError(f"{impostor}: it serves {[entry.get('id') for entry in answer]}, not "
+                              f"{self.served_model_name!r}; not sampling from it")
+        if self._answer(None) != 401:
+            raise ServerError(f"{impostor}: it answers without this job's key; not sampling from it")
 
     def stop(self, grace_s: float = 30.0) -> None:
         """SIGTERM the server's process group, SIGKILL it after `grace_s`."""
@@ -168,24 +258,45 @@ def _group_alive(pgid: int) -> bool:
         return False
 
 
-class serving:
-    """Context manager yielding (base_url, check_alive) for `model`: the external `endpoint` when one is
-    given (the server is the user's), else a ManagedServer started here."""
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a job sends its requests, and what answers there."""
 
-    def __init__(self, model: str, served_model_name: str, endpoint: str | None, server_log: str | os.PathLike,
-                 server_args: list[str], server_env: dict[str, str], health_timeout_s: float, port: int | None = None):
-        self.endpoint = endpoint
-        self.server = None if endpoint else ManagedServer(
-            model, served_model_name, server_log, port=port, args=server_args, env=server_env,
-            health_timeout_s=health_timeout_s,
-        )
+    base_url: str
+    api_key: str | None
+    served_model_name: str  # the name requests use
+    model_id: str  # the weights behind it, as the server reports them (vLLM's `root`), else the served name
+    check_alive: Callable[[], None] | None = None  # raises when a managed server has died
 
-    def __enter__(self):
-        if self.server is None:
-            return self.endpoint.rstrip("/"), None
-        self.server.__enter__()
-        return self.server.base_url, self.server.check_alive
 
-    def __exit__(self, *exc):
-        if self.server is not None:
-            self.server.stop()
+def external_endpoint(base_url: str, served_model_name: str, api_key: str | None, timeout_s: float = 30.0) -> Endpoint:
+    """A server the user runs: check at once that it answers and serves `served_model_name`, so a wrong name,
+    URL or key fails the job before any request, naming what the server does serve."""
+    base_url = base_url.rstrip("/")
+    try:
+        models = list_models(base_url, api_key, timeout_s)
+    except urllib.error.HTTPError as exc:
+        hint = " (is api_key_env set, and does it hold that server's key?)" if exc.code in (401, 403) else ""
+        raise ServerError(f"endpoint {base_url}: listing its models failed with HTTP {exc.code}{hint}") from exc
+    except (urllib.error.URLError, OSError, ValueError, KeyError) as exc:
+        raise ServerError(f"endpoint {base_url}: no OpenAI-compatible server answers there ({exc})") from exc
+    found = model_id(models, served_model_name)
+    if found is None:
+        raise ServerError(f"endpoint {base_url} serves {[entry.get('id') for entry in models]}, not "
+                          f"{served_model_name!r}: set the model to the name that server knows")
+    return Endpoint(base_url, api_key, served_model_name, found)
+
+
+@contextlib.contextmanager
+def serving(model: str, endpoint: str | None, server_log: str | os.PathLike, server_args: list[str],
+            server_env: dict[str, str], health_timeout_s: float, api_key: str | None = None,
+            served_model_name: str | None = None) -> Iterator[Endpoint]:
+    """The Endpoint to sample `model` from: the user's server at `endpoint` (requests name `model`, the name
+    that server knows; `api_key` is its key), else a ManagedServer started here and stopped on every exit path."""
+    if endpoint:
+        yield external_endpoint(endpoint, model, api_key)
+        return
+    with ManagedServer(model, served_model_name, server_log, args=server_args, env=server_env,
+                       health_timeout_s=health_timeout_s) as server:
+        yield Endpoint(server.base_url, server.api_key, server.served_model_name, server.model_id or model,
+                       server.check_alive)

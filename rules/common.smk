@@ -8,6 +8,8 @@ import shlex
 
 import yaml
 
+from mathsft.serve import check_no_secrets
+
 SCRIPTS = os.path.join(workflow.basedir, "scripts")
 LIBRARY = os.path.join(workflow.basedir, "mathsft")
 EMBEDDED = "embedded:"
@@ -17,8 +19,8 @@ CONDA_ENV = "../envs/mathsft.yaml"
 
 wildcard_constraints:
     shard=r"\d{5}",
-    name=r"[A-Za-z0-9_.-]+",
-    model=r"[A-Za-z0-9_.-]+",
+    name=r"[A-Za-z0-9_-][A-Za-z0-9_.-]*",
+    model=r"[A-Za-z0-9_-][A-Za-z0-9_.-]*",
 
 
 def shard_ids():
@@ -131,19 +133,34 @@ def data_inputs():
 
 
 def data_options():
-    """prepare_math_data.py options for the configured source (a param: all of them decide the data)."""
+    """prepare_math_data.py options for the configured source, as argv words (a param: all of them decide the
+    data; the rule quotes each word)."""
     data = config["data"]
-    common = (f"--source {data['source']} --num_samples {data['num_samples']} --shard_size {data['shard_size']}"
-              f" --seed {data['seed']} --ngram {data['decontamination_ngram']} --benchmarks {' '.join(data['benchmarks'])}")
+    common = ["--source", data["source"], "--num_samples", data["num_samples"], "--shard_size", data["shard_size"],
+              "--seed", data["seed"], "--ngram", data["decontamination_ngram"], "--benchmarks", *data["benchmarks"]]
     if data["source"] == "reasoning_gym":
-        options = json.dumps(data["task_options"], sort_keys=True)
-        return (f"{common} --tasks {' '.join(data['tasks'])} --eval_problems {data['eval_problems']}"
-                f" --eval_seed {data['eval_seed']} --task_options {shlex.quote(options)}")
+        return common + ["--tasks", *data["tasks"], "--eval_problems", data["eval_problems"],
+                         "--eval_seed", data["eval_seed"], "--task_options", json.dumps(data["task_options"], sort_keys=True)]
     names = dict.fromkeys(data["train_sets"] + data["benchmarks"])
     specs = json.dumps({name: dataset_spec(name) for name in names}, sort_keys=True)
-    files = " ".join(f"--dataset_file {name}=results/data/raw/{name}.parquet" for name in hub_datasets())
-    return (f"{common} --train_sets {' '.join(data['train_sets'])} --max_problem_chars {data['max_problem_chars']}"
-            f" --datasets {shlex.quote(specs)} {files}")
+    files = [f"--dataset_file={name}=results/data/raw/{name}.parquet" for name in hub_datasets()]
+    return common + ["--train_sets", *data["train_sets"], "--max_problem_chars", data["max_problem_chars"],
+                     "--datasets", specs, *files]
+
+
+def fetch_options(wildcards):
+    """fetch_dataset.py options of one hub dataset, as argv words: its id and the split, subset and revision given."""
+    spec = dataset_spec(wildcards.name)
+    words = ["--hub", spec["hub"]]
+    for key in ("split", "subset", "revision"):
+        if spec.get(key):
+            words += [f"--{key}", spec[key]]
+    return words
+
+
+def dataset_spec_param(wildcards):
+    """One dataset's spec as sorted JSON: a param, so editing it refetches."""
+    return canonical({"spec": dataset_spec(wildcards.name)}, ("spec",))
 
 
 def canonical(section, keys):
@@ -168,6 +185,10 @@ def sft_model_dir():
     return f"results/models/{config['train']['run_name']}"
 
 
+# Evaluation labels with a fixed meaning; eval.endpoints adds labels of its own.
+EVAL_LABELS = ("student", "sft", "teacher")
+
+
 def eval_model_spec(label):
     """What evaluation label `label` serves: the student before SFT, the SFT run, or the teacher."""
     if label == "student":
@@ -179,8 +200,21 @@ def eval_model_spec(label):
     raise ValueError(f"eval.models: unknown model {label!r}")
 
 
+def eval_endpoint(label):
+    """The server a label is sampled from when the user runs it: {endpoint, model (its name there), api_key_env},
+    or None when the evaluation job serves the model itself."""
+    if label in config["eval"]["endpoints"]:
+        return config["eval"]["endpoints"][label]
+    if label == "teacher" and config["teacher"]["endpoint"]:
+        teacher = config["teacher"]
+        return {"endpoint": teacher["endpoint"], "model": teacher["model"], "api_key_env": teacher["api_key_env"]}
+    return None
+
+
 def eval_model_param(wildcards):
-    return eval_model_spec(wildcards.model)
+    """--model of an evaluation job: the name at the user's server, else the path or id the job serves."""
+    external = eval_endpoint(wildcards.model)
+    return external["model"] if external else eval_model_spec(wildcards.model)
 
 
 def eval_labels():
@@ -188,38 +222,66 @@ def eval_labels():
 
 
 def eval_model_input(wildcards):
+    if eval_endpoint(wildcards.model):
+        return []
     spec = eval_model_spec(wildcards.model)
     return [spec] if spec.startswith("results/") else []
 
 
+def eval_job_gpus(wildcards):
+    """GPUs an evaluation job asks for: none when it only talks to the user's server."""
+    return 0 if eval_endpoint(wildcards.model) else config["eval"]["gpus"]
+
+
+def eval_endpoint_options(wildcards):
+    """--endpoint and --api_key_env of an evaluation job, quoted (a resource, as for the teacher)."""
+    return endpoint_words(eval_endpoint(wildcards.model))
+
+
 def server_options(section):
-    """Options for the managed vLLM server of a sampling script. A param: server arguments such as --dtype
-    change what is generated. With several GPUs per job the model is split across them (tensor parallel)."""
-    parts = [f"--server_arg={arg}" for arg in config["server"]["args"]]
+    """Options for the managed vLLM server of a sampling script, as argv words. A param: server arguments such
+    as --dtype change what is generated. With several GPUs per job the model is split across them (tensor
+    parallel)."""
+    words = [f"--server_arg={arg}" for arg in config["server"]["args"]]
     if config[section]["gpus"] > 1:
-        parts.append(f"--server_arg=--tensor-parallel-size={config[section]['gpus']}")
-    parts += [f"--server_env={key}={value}" for key, value in sorted(config["server"]["env"].items())]
-    return " ".join(parts)
+        words.append(f"--server_arg=--tensor-parallel-size={config[section]['gpus']}")
+    return words + [f"--server_env={key}={value}" for key, value in sorted(config["server"]["env"].items())]
 
 
-def endpoint_options(section):
-    """--endpoint and --api_key_env for a server the user runs; empty when the job manages its own. A
-    resource, not a param: where the model is served does not change what it samples (the model id does).
-    The key itself is read from the environment at run time, never written to the command line or logs."""
-    endpoint = config[section].get("endpoint")
-    if not endpoint:
+def endpoint_words(external):
+    """--endpoint and --api_key_env for a server the user runs, as one quoted string (resources hold text, not
+    lists); empty when the job manages its own. The key itself is read from the environment at run time, never
+    written to the command line or logs."""
+    if not external:
         return ""
-    key_env = config[section].get("api_key_env")
-    return f"--endpoint={endpoint}" + (f" --api_key_env={key_env}" if key_env else "")
+    words = [f"--endpoint={external['endpoint']}"]
+    if external.get("api_key_env"):
+        words.append(f"--api_key_env={external['api_key_env']}")
+    return shlex.join(words)
+
+
+def teacher_endpoint_options():
+    """A resource, not a param: where the model is served does not change what it samples (the model does)."""
+    teacher = config["teacher"]
+    return endpoint_words(teacher if teacher["endpoint"] else None)
+
+
+def teacher_model():
+    """--model of the teacher jobs: the name at the user's server (teacher.endpoint), else what the job serves."""
+    return config["teacher"]["model"] if config["teacher"]["endpoint"] else model_path(config["teacher"]["model"])
+
+
+def teacher_model_inputs():
+    return [] if config["teacher"]["endpoint"] else model_inputs(config["teacher"]["model"])
 
 
 def api_options(section):
-    """--api (and --tokenizer) of a sampling job: a param, since who applies the chat template can change
-    the prompt the model sees."""
-    options = f"--api {config[section]['api']}"
+    """--api (and --tokenizer) of a sampling job, as argv words: a param, since who applies the chat template can
+    change the prompt the model sees."""
+    words = ["--api", config[section]["api"]]
     if config[section]["tokenizer"]:
-        options += f" --tokenizer {config[section]['tokenizer']}"
-    return options
+        words += ["--tokenizer", config[section]["tokenizer"]]
+    return words
 
 
 def job_gpus(section):
@@ -284,3 +346,27 @@ def train_cluster_resources():
     if train["gpus"] == 0:
         return {"nodes": train["nodes"]}  # CPU nodes: one process per node (gloo)
     return {"gres": f"gpu:{train['gpus']}", "nodes": train["nodes"]}
+
+
+def check_config():
+    """Rules across keys that the JSON schema cannot state, checked before any job runs; each error names the key."""
+    labels = config["eval"]["endpoints"]
+    for label in labels:
+        if label in EVAL_LABELS or label == config["train"]["run_name"]:
+            raise ValueError(f"eval.endpoints.{label}: {label!r} already names a model this workflow evaluates; "
+                             "choose another label")
+    unknown = [label for label in config["eval"]["models"] if label not in EVAL_LABELS and label not in labels]
+    if unknown:
+        raise ValueError(f"eval.models: {', '.join(unknown)} is neither student, sft, teacher nor a label of "
+                         "eval.endpoints")
+    too_big = [k for k in config["eval"]["pass_k"] if k > config["eval"]["samples_per_problem"]]
+    if too_big:
+        raise ValueError(f"eval.pass_k: {too_big} above eval.samples_per_problem "
+                         f"({config['eval']['samples_per_problem']}); pass@k needs at least k samples per problem")
+    if config["teacher"]["endpoint"] and config["teacher"]["model"].startswith(EMBEDDED):
+        raise ValueError(f"teacher.model: {config['teacher']['model']!r} is an embedded model, which only a managed "
+                         "server loads; with teacher.endpoint set, give the name that server serves")
+    check_no_secrets(config["server"]["args"], config["server"]["env"], "server.args/server.env")
+
+
+check_config()

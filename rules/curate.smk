@@ -20,8 +20,8 @@ rule curate:
     log:
         "logs/curate.log",
     shell:
-        "python {SCRIPTS}/curate_sft.py --inputs {input.scored} --train {output.train} --val {output.val}"
-        " --stats {output.stats} --reward_threshold {params.reward_threshold}"
+        "python {SCRIPTS:q}/curate_sft.py --inputs {input.scored:q} --train {output.train:q} --val {output.val:q}"
+        " --stats {output.stats:q} --reward_threshold {params.reward_threshold}"
         " --max_traces_per_problem {params.max_traces_per_problem} --val_fraction {params.val_fraction}"
         " --selection {params.selection} --seed {params.seed} --max_length {params.max_length}"
-        " > {log} 2>&1"
+        " > {log:q} 2>&1"

@@ -4,20 +4,16 @@ rule fetch_dataset:
     output:
         "results/data/raw/{name}.parquet",
     params:
-        spec=lambda wildcards: canonical({"spec": dataset_spec(wildcards.name)}, ("spec",)),
-        hub=lambda wildcards: dataset_spec(wildcards.name)["hub"],
-        options=lambda wildcards: " ".join(
-            f"--{key} {dataset_spec(wildcards.name)[key]}" for key in ("split", "subset", "revision")
-            if dataset_spec(wildcards.name).get(key)
-        ),
+        spec=dataset_spec_param,
+        options=fetch_options,
     localrule: True
     conda:
         CONDA_ENV
     log:
         "logs/data/fetch_{name}.log",
     shell:
-        "python {SCRIPTS}/fetch_dataset.py --name {wildcards.name} --hub {params.hub} {params.options}"
-        " --output {output} > {log} 2>&1"
+        "python {SCRIPTS:q}/fetch_dataset.py --name {wildcards.name} {params.options:q}"
+        " --output {output:q} > {log:q} 2>&1"
 
 
 rule prepare_data:
@@ -36,4 +32,4 @@ rule prepare_data:
     log:
         "logs/data/prepare.log",
     shell:
-        "python {SCRIPTS}/prepare_math_data.py {params.options} --output_dir results/data > {log} 2>&1"
+        "python {SCRIPTS:q}/prepare_math_data.py {params.options:q} --output_dir results/data > {log:q} 2>&1"

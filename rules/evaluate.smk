@@ -1,5 +1,6 @@
 rule evaluate:
-    """Serve one model the way the teacher is served and sample n answers per benchmark problem.
+    """Serve one model the way the teacher is served (or reach it at the user's server: eval.endpoints, or
+    teacher.endpoint for the teacher) and sample n answers per benchmark problem.
 
     Benchmarks are ancient() inputs with the data settings that decide their content as a param: adding
     training problems rewrites the data files but never resamples an evaluation."""
@@ -9,7 +10,7 @@ rule evaluate:
     output:
         "results/eval/generations/{model}.parquet",
     params:
-        model_path=eval_model_param,
+        model=eval_model_param,
         samples_per_problem=config["eval"]["samples_per_problem"],
         temperature=config["eval"]["temperature"],
         top_p=config["eval"]["top_p"],
@@ -20,7 +21,8 @@ rule evaluate:
         api=api_options("eval"),
         data=bench_identity(),
     resources:
-        gpu=job_gpus("eval"),
+        gpu=eval_job_gpus,
+        endpoint=eval_endpoint_options,
         concurrency=config["eval"]["concurrency"],
         request_timeout_s=config["eval"]["request_timeout_s"],
         max_attempts=config["eval"]["max_attempts"],
@@ -33,14 +35,14 @@ rule evaluate:
     benchmark:
         "benchmarks/eval/{model}.tsv"
     shell:
-        "python {SCRIPTS}/run_sft_model.py --no-score --model_path {params.model_path} --label {wildcards.model}"
-        " --served_model_name {wildcards.model} --benchmarks {input.bench} --output {output}"
+        "python {SCRIPTS:q}/run_sft_model.py --no-score --model {params.model:q} --label {wildcards.model}"
+        " --benchmarks {input.bench:q} --output {output:q}"
         " --samples_per_problem {params.samples_per_problem} --temperature {params.temperature}"
         " --top_p {params.top_p} --max_tokens {params.max_tokens} --seed {params.seed}"
-        " --prompt_template {params.prompt_template} {params.api} --concurrency {resources.concurrency}"
+        " --prompt_template {params.prompt_template:q} {params.api:q} --concurrency {resources.concurrency}"
         " --request_timeout_s {resources.request_timeout_s} --max_attempts {resources.max_attempts}"
-        " {params.server} --health_timeout_s {resources.health_timeout_s}"
-        " --server_log logs/eval/{wildcards.model}.server.log > {log} 2>&1"
+        " {params.server:q} {resources.endpoint} --health_timeout_s {resources.health_timeout_s}"
+        " --server_log logs/eval/{wildcards.model}.server.log > {log:q} 2>&1"
 
 
 rule score_eval:
@@ -59,8 +61,8 @@ rule score_eval:
     log:
         "logs/eval/{model}.score.log",
     shell:
-        "python {SCRIPTS}/score_trajectories.py --kind eval --input {input.samples} --output {output}"
-        " --timeout_s {params.timeout_s} --workers {threads} > {log} 2>&1"
+        "python {SCRIPTS:q}/score_trajectories.py --kind eval --input {input.samples:q} --output {output:q}"
+        " --timeout_s {params.timeout_s} --workers {threads} > {log:q} 2>&1"
 
 
 rule eval_summary:
@@ -71,7 +73,6 @@ rule eval_summary:
     output:
         report("results/eval.json", category="Evaluation", labels={"file": "eval.json"}),
     params:
-        model_ids=" ".join(f"--model_id {label}={eval_model_spec(label)}" for label in eval_labels()),
         pass_k=config["eval"]["pass_k"],
         seed=config["eval"]["seed"],
         config_hash=config_hash(),
@@ -80,5 +81,5 @@ rule eval_summary:
     log:
         "logs/eval/summary.log",
     shell:
-        "python {SCRIPTS}/summarize_eval.py --inputs {input} --output {output} {params.model_ids}"
-        " --pass_k {params.pass_k} --seed {params.seed} --config_hash {params.config_hash} 2>&1 | tee {log}"
+        "python {SCRIPTS:q}/summarize_eval.py --inputs {input:q} --output {output:q}"
+        " --pass_k {params.pass_k} --seed {params.seed} --config_hash {params.config_hash} 2>&1 | tee {log:q}"

@@ -11,4 +11,4 @@ rule prepare_model:
     resources:
         mem_mb=8000,
     shell:
-        "python {SCRIPTS}/prepare_model.py --name {wildcards.name} --output {output} > {log} 2>&1"
+        "python {SCRIPTS:q}/prepare_model.py --name {wildcards.name} --output {output:q} > {log:q} 2>&1"

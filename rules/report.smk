@@ -16,5 +16,5 @@ rule report:
     log:
         "logs/report.log",
     shell:
-        "python {SCRIPTS}/make_report.py --eval {input.eval} --samples {input.samples}"
-        " --train_metrics {input.train} --curation {input.curation} --output {output} > {log} 2>&1"
+        "python {SCRIPTS:q}/make_report.py --eval {input.eval:q} --samples {input.samples:q}"
+        " --train_metrics {input.train:q} --curation {input.curation:q} --output {output:q} > {log:q} 2>&1"

@@ -14,5 +14,5 @@ rule reward:
     log:
         "logs/reward/{shard}.log",
     shell:
-        "python {SCRIPTS}/score_trajectories.py --kind teacher --input {input.trajectories} --output {output}"
-        " --timeout_s {params.timeout_s} --workers {threads} > {log} 2>&1"
+        "python {SCRIPTS:q}/score_trajectories.py --kind teacher --input {input.trajectories:q} --output {output:q}"
+        " --timeout_s {params.timeout_s} --workers {threads} > {log:q} 2>&1"

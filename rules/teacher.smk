@@ -1,15 +1,16 @@
 rule teacher:
-    """Sample teacher trajectories for one shard from a vLLM server (managed by the job, or external).
+    """Sample teacher trajectories for one shard from a vLLM server (managed by the job, or the user's own at
+    teacher.endpoint, where requests name teacher.model).
 
-    Sampling settings are params (an edit regenerates); concurrency and timeouts are resources, which never
-    trigger a rerun: they change how fast generation goes, not what it produces."""
+    Sampling settings are params (an edit regenerates); concurrency, timeouts and the endpoint are resources,
+    which never trigger a rerun: they change how fast generation goes, not what it produces."""
     input:
         shard=ancient("results/data/shards/{shard}.parquet"),
-        model=model_inputs(config["teacher"]["model"]),
+        model=teacher_model_inputs(),
     output:
         "results/teacher/{shard}.parquet",
     params:
-        model=model_path(config["teacher"]["model"]),
+        model=teacher_model(),
         samples_per_problem=config["teacher"]["samples_per_problem"],
         temperature=config["teacher"]["temperature"],
         top_p=config["teacher"]["top_p"],
@@ -22,7 +23,7 @@ rule teacher:
         rows=shard_rows,
     resources:
         gpu=job_gpus("teacher"),
-        endpoint=endpoint_options("teacher"),
+        endpoint=teacher_endpoint_options(),
         concurrency=config["teacher"]["concurrency"],
         request_timeout_s=config["teacher"]["request_timeout_s"],
         max_attempts=config["teacher"]["max_attempts"],
@@ -36,11 +37,12 @@ rule teacher:
     benchmark:
         "benchmarks/teacher/{shard}.tsv"
     shell:
-        "python {SCRIPTS}/generate_sft_data.py --shard {input.shard} --output {output}"
-        " --model {params.model} --served_model_name teacher"
+        "python {SCRIPTS:q}/generate_sft_data.py --shard {input.shard:q} --output {output:q}"
+        " --model {params.model:q}"
         " --samples_per_problem {params.samples_per_problem} --temperature {params.temperature}"
         " --top_p {params.top_p} --max_tokens {params.max_tokens} --seed {params.seed}"
-        " --prompt_template {params.prompt_template} {params.api} --concurrency {resources.concurrency}"
+        " --prompt_template {params.prompt_template:q} {params.api:q} --concurrency {resources.concurrency}"
         " --request_timeout_s {resources.request_timeout_s} --max_attempts {resources.max_attempts}"
-        " --max_failed_fraction {resources.max_failed_fraction} {params.server} {resources.endpoint} --health_timeout_s {resources.health_timeout_s}"
-        " --server_log logs/teacher/{wildcards.shard}.server.log > {log} 2>&1"
+        " --max_failed_fraction {resources.max_failed_fraction} {params.server:q} {resources.endpoint}"
+        " --health_timeout_s {resources.health_timeout_s}"
+        " --server_log logs/teacher/{wildcards.shard}.server.log > {log:q} 2>&1"

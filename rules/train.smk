@@ -25,8 +25,8 @@ rule train:
         liger_kernel="--liger_kernel" if config["train"]["liger_kernel"] else "",
         seed=config["train"]["seed"],
         packing="--packing" if config["train"]["packing"] else "--no-packing",
-        lora=f"--lora_rank {config['train']['lora_rank']} --lora_alpha {config['train']['lora_alpha']}"
-        f" --lora_dropout {config['train']['lora_dropout']}",
+        lora=["--lora_rank", config["train"]["lora_rank"], "--lora_alpha", config["train"]["lora_alpha"],
+              "--lora_dropout", config["train"]["lora_dropout"]],
     resources:
         # GPUs (train.gpus per node) and nodes: see train_cluster_resources() in common.smk.
         **train_cluster_resources(),
@@ -42,14 +42,14 @@ rule train:
     benchmark:
         "benchmarks/train/{run}.tsv"
     shell:
-        "{resources.launch} {SCRIPTS}/train_sft.py --model {params.model} --train_files {input.train}"
-        " --val_files {input.val} --output_dir {output.model} --metrics {output.metrics}"
-        " --summary {output.summary} --deepspeed {input.deepspeed} --epochs {params.epochs}"
+        "{resources.launch} {SCRIPTS:q}/train_sft.py --model {params.model:q} --train_files {input.train:q}"
+        " --val_files {input.val:q} --output_dir {output.model:q} --metrics {output.metrics:q}"
+        " --summary {output.summary:q} --deepspeed {input.deepspeed:q} --epochs {params.epochs}"
         " --learning_rate {params.learning_rate} --warmup_ratio {params.warmup_ratio}"
         " --weight_decay {params.weight_decay} --max_grad_norm {params.max_grad_norm}"
         " --global_batch_size {params.global_batch_size}"
         " --micro_batch_size_per_device {params.micro_batch_size_per_device}"
         " --max_length {params.max_length} {params.gradient_checkpointing} {params.liger_kernel} --seed {params.seed}"
-        " {params.packing} {params.lora} --checkpoint_every {resources.checkpoint_every}"
+        " {params.packing} {params.lora:q} --checkpoint_every {resources.checkpoint_every}"
         " --checkpoint_dir results/train/{wildcards.run}/checkpoints"
-        " --threads {threads} > {log} 2>&1"
+        " --threads {threads} > {log:q} 2>&1"

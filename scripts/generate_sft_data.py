@@ -47,14 +47,15 @@ def main() -> None:
         stream = data.reasoning_gym_problems(args.tasks, args.data_seed)
         rows = data.take_problems(stream, args.num_samples, data.Counts(), set())
     sampling = cli.sampling_from_args(args)
-    # Finished samples survive a kill here; the rerun (snakemake --rerun-incomplete) requests only the rest.
-    journal = Journal(journal_path(args.output),
-                      journal_fingerprint(rows, args.model, args.prompt_template, sampling, args.api))
     render = cli.renderer_from_args(args)
-    with cli.serving_from_args(args, default_log=args.output + ".server.log") as (base_url, check_alive):
-        records, summary = sample(rows, base_url, args.served_model_name, args.prompt_template, sampling,
-                                  cli.client_settings_from_args(args), api_key=cli.api_key_from_args(args),
-                                  check_alive=check_alive, journal=journal, render=render)
+    with cli.serving_from_args(args, default_log=args.output + ".server.log") as endpoint:
+        # Finished samples survive a kill here; the rerun (snakemake --rerun-incomplete) requests only the rest.
+        journal = Journal(journal_path(args.output),
+                          journal_fingerprint(rows, endpoint.model_id, args.prompt_template, sampling, args.api))
+        records, summary = sample(rows, endpoint.base_url, endpoint.served_model_name, args.prompt_template, sampling,
+                                  cli.client_settings_from_args(args), api_key=endpoint.api_key,
+                                  check_alive=endpoint.check_alive, journal=journal, render=render,
+                                  model_id=endpoint.model_id)
     if args.reward_threshold is None:
         write_parquet(records, args.output, TRAJECTORY_SCHEMA)
     else:

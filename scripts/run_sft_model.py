@@ -13,16 +13,17 @@ from pathlib import Path
 
 from mathsft import cli
 from mathsft.evaluate import check_document, eval_document, package_versions, print_summary
-from mathsft.generate import sample
-from mathsft.io import EVAL_GENERATION_SCHEMA, EVAL_SCHEMA, PROBLEM_SCHEMA, read_parquet, write_json, write_parquet
+from mathsft.generate import journal_fingerprint, sample
+from mathsft.io import (EVAL_GENERATION_SCHEMA, EVAL_SAMPLE_SCHEMA, EVAL_SCHEMA, PROBLEM_SCHEMA, read_parquet,
+                        write_json, write_parquet)
+from mathsft.journal import Journal, journal_path
 from mathsft.reward import score_rows
 from mathsft.serve import exit_on_sigterm
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model_path", required=True, help="Hugging Face folder or model id to evaluate")
-    parser.add_argument("--label", default=None, help="name of the evaluated model in outputs (default: the path)")
+    parser.add_argument("--label", default=None, help="name of the evaluated model in outputs (default: --model)")
     parser.add_argument("--benchmarks", nargs="+", default=sorted(glob.glob("results/data/bench/*.parquet")),
                         help="benchmark parquet files (default: results/data/bench/*.parquet)")
     parser.add_argument("--output", default="eval_samples.parquet", help="per-sample rows to write")
@@ -34,32 +35,38 @@ def main() -> None:
     parser.add_argument("--reward_timeout_s", type=float, default=10.0)
     parser.add_argument("--workers", type=int, default=2, help="math-verify worker processes")
     cli.add_sampling_args(parser, samples=4, max_tokens=8192)
-    cli.add_server_args(parser, model_required=False)
+    cli.add_server_args(parser)
     args = parser.parse_args()
-    args.model = args.model or args.model_path
     cli.setup_logging()
     exit_on_sigterm()
     if not args.benchmarks:
         parser.error("no benchmark files given and none found under results/data/bench/")
-    label = args.label or args.model_path
+    label = args.label or args.model
 
     problems = []
     for path in args.benchmarks:
         for row in read_parquet(path, PROBLEM_SCHEMA).to_pylist():
             problems.append(row | {"benchmark": Path(path).stem})
-    with cli.serving_from_args(args, default_log=args.output + ".server.log") as (base_url, check_alive):
-        records, summary = sample(problems, base_url, args.served_model_name, args.prompt_template,
-                                  cli.sampling_from_args(args), cli.client_settings_from_args(args),
-                                  api_key=cli.api_key_from_args(args), check_alive=check_alive,
-                                  render=cli.renderer_from_args(args))
+    sampling = cli.sampling_from_args(args)
+    with cli.serving_from_args(args, default_log=args.output + ".server.log") as endpoint:
+        # A killed evaluation resumes from the samples it journaled, as a teacher shard does.
+        journal = Journal(journal_path(args.output),
+                          journal_fingerprint(problems, endpoint.model_id, args.prompt_template, sampling, args.api),
+                          schema=EVAL_SAMPLE_SCHEMA)
+        records, summary = sample(problems, endpoint.base_url, endpoint.served_model_name, args.prompt_template,
+                                  sampling, cli.client_settings_from_args(args),
+                                  api_key=endpoint.api_key, check_alive=endpoint.check_alive,
+                                  render=cli.renderer_from_args(args), model_id=endpoint.model_id, journal=journal)
     rows = [r | {"evaluated_model": label} for r in records]
     logging.info("summary %s", json.dumps({"model": label, **summary}))
     if not args.score:
         write_parquet(rows, args.output, EVAL_GENERATION_SCHEMA)
+        journal.remove()  # only now are its samples in the output
         return
     score_rows(rows, args.workers, args.reward_timeout_s)
     write_parquet(rows, args.output, EVAL_SCHEMA)
-    document = eval_document({label: rows}, {label: args.model_path}, args.pass_k, None, package_versions(),
+    journal.remove()
+    document = eval_document({label: rows}, {}, args.pass_k, None, package_versions(),
                              seed=args.seed)
     check_document(document)
     if args.eval_json:

@@ -43,14 +43,15 @@ def student_tokenizer(student_dir):
 
 @pytest.fixture(scope="session")
 def finished_run(tmp_path_factory):
-    """A complete run of the tiny config (rule all: eval.json and report.html), once per session: the
-    end-to-end and rerun tests read it, and the SLURM tests compare their own whole run with it. The models
+    """A complete run of the tiny config (rule all: eval.json and report.html), once per session, from a checkout
+    and into a folder whose paths have a space and a quote: the end-to-end and rerun tests read it, and the SLURM tests compare their own whole run with it. The models
     are hard links to the per-machine converted copies."""
     import shutil
 
     from workflow import snakemake
 
-    workdir = tmp_path_factory.mktemp("run")
+    # A working directory whose path has a space and a quote too (the checkout has both: workflow.checkout()).
+    workdir = tmp_path_factory.mktemp("run") / "a user's run"
     for name in EMBEDDED:
         shutil.copytree(converted_model(name), workdir / "results" / "base_models" / name, copy_function=os.link)
     result = snakemake(workdir, TINY, timeout=2400)

@@ -18,7 +18,8 @@ def write_sft_set(path: Path, count: int = 8) -> Path:
         rows.append({
             "problem_id": f"{i:016x}", "source": "test", "problem": problem, "answer": f"${a + b}$", "sample_index": 0,
             "messages": json.dumps(build_messages(problem, "boxed_cot_v1")), "response": response, "finish_reason": "stop",
-            "prompt_tokens": 40, "completion_tokens": 20, "model": "teacher", "prompt_template": "boxed_cot_v1",
+            "prompt_tokens": 40, "completion_tokens": 20, "model": "teacher",
+            "served_model_name": None, "prompt_template": "boxed_cot_v1",
             "api": "chat", "temperature": 0.6, "top_p": 0.95, "max_tokens": 256, "seed": i, "latency_s": 1.0,
             "extracted_answer": str(a + b), "reward": 1.0, "verifier_status": "correct",
         })

@@ -21,6 +21,7 @@ def _row(pid, k, reward=1.0, finish="stop", tokens=10, prompt_tokens=5, source="
         "problem_id": pid, "source": source, "problem": f"p{pid}", "answer": "$1$", "sample_index": k,
         "messages": json.dumps([{"role": "user", "content": f"p{pid}"}]), "response": f"{'x' * tokens} \\boxed{{1}}",
         "finish_reason": finish, "prompt_tokens": prompt_tokens, "completion_tokens": tokens, "model": "m",
+        "served_model_name": None,
         "prompt_template": "boxed_cot_v1", "api": "chat", "temperature": 0.6, "top_p": 0.95, "max_tokens": 100,
         "seed": k,
         "latency_s": 0.1, "extracted_answer": "1", "reward": reward, "verifier_status": "correct",

@@ -72,6 +72,7 @@ def _rows(rewards_by_problem, finish="stop", answers=None, statuses=None):
             rows.append({
                 "problem_id": pid, "sample_index": i, "reward": r, "finish_reason": finish, "completion_tokens": 10,
                 "verifier_status": status, "extracted_answer": answer, "benchmark": "b", "model": "m",
+                "served_model_name": None,
                 "temperature": 0.6, "top_p": 0.95, "max_tokens": 10, "prompt_template": "boxed_cot_v1", "api": "chat",
                 "seed": request_seed(0, pid, i),
             })

@@ -1,7 +1,11 @@
+import os
+import stat
+from pathlib import Path
+
 import pyarrow as pa
 import pytest
 
-from mathsft.io import PROBLEM_SCHEMA, read_parquet, write_json, write_parquet
+from mathsft.io import PROBLEM_SCHEMA, fsync_parent, read_parquet, write_json, write_parquet
 
 ROW = {"problem_id": "0" * 16, "source": "s", "problem": "1+1", "answer": "$2$"}
 
@@ -22,3 +26,44 @@ def test_reading_a_file_without_the_stage_columns_names_file_and_columns(tmp_pat
     pa.parquet.write_table(pa.table({"problem": ["x"]}), path)
     with pytest.raises(ValueError, match=r"other.parquet: missing column\(s\) problem_id, source, answer"):
         read_parquet(path, PROBLEM_SCHEMA)
+
+
+def _record_fsyncs(monkeypatch, output: Path | None = None) -> list[tuple]:
+    """Patch os.fsync to note what each call synced: (file, its name, its size) or (folder, its name, whether
+    `output` exists then)."""
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        info = os.fstat(fd)
+        name = os.readlink(f"/proc/self/fd/{fd}")
+        if stat.S_ISDIR(info.st_mode):
+            synced.append(("folder", name, output is not None and output.exists()))
+        else:
+            synced.append(("file", name, info.st_size))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return synced
+
+
+@pytest.mark.parametrize("write", ["parquet", "json"])
+def test_an_atomic_write_fsyncs_the_whole_file_before_the_rename_and_the_folder_after(tmp_path, monkeypatch, write):
+    folder = tmp_path / "out"
+    path = folder / f"p.{write}"
+    synced = _record_fsyncs(monkeypatch, output=path)
+    if write == "parquet":
+        write_parquet([ROW], path, PROBLEM_SCHEMA)
+    else:
+        write_json({"a": 1}, path)
+    assert len(synced) == 2, synced
+    (file_kind, file_name, file_size), (folder_kind, folder_name, renamed) = synced
+    assert file_kind == "file" and Path(file_name).parent == folder and file_name != str(path)  # the temporary name
+    assert file_size == path.stat().st_size  # synced with all its bytes
+    assert (folder_kind, folder_name, renamed) == ("folder", str(folder), True)  # after the rename
+
+
+def test_fsync_parent_syncs_the_folder_that_holds_a_path(tmp_path, monkeypatch):
+    synced = _record_fsyncs(monkeypatch)
+    fsync_parent(tmp_path / "not-yet-there.parquet")
+    assert synced == [("folder", str(tmp_path), False)]

@@ -1,12 +1,36 @@
 import json
+import logging
+import os
+import stat
 
+import pytest
+
+from mathsft.io import EVAL_SAMPLE_SCHEMA, TRAJECTORY_SCHEMA, write_parquet
 from mathsft.journal import Journal, journal_path
 
 FINGERPRINT = {"model": "m", "temperature": 0.6, "rows": "abc"}
 
 
 def _record(row, k, text="x"):
-    return {"row_index": row, "sample_index": k, "response": text}
+    """A journaled sample as generation writes it: the row's fields, the sample's, and its row index."""
+    return {
+        "problem_id": f"{row:016x}", "source": "s", "problem": f"{row} + 1?", "answer": f"${row + 1}$",
+        "row_index": row, "sample_index": k, "messages": "[]", "response": text, "finish_reason": "stop",
+        "prompt_tokens": 10, "completion_tokens": 5, "model": "m", "served_model_name": None,
+        "prompt_template": "boxed_cot_v1", "api": "chat", "temperature": 0.6, "top_p": 0.95, "max_tokens": 48,
+        "seed": 123, "latency_s": 0.5,
+    }
+
+
+def _journal_with_lines(path, lines: list[bytes]) -> None:
+    """A journal holding good records (0, 0) and (2, 0) around the given raw lines."""
+    journal = Journal(path, FINGERPRINT)
+    journal.append(_record(0, 0))
+    journal.close()
+    with open(path, "ab") as f:
+        for line in lines:
+            f.write(line + b"\n")
+        f.write(json.dumps(_record(2, 0)).encode() + b"\n")
 
 
 def test_journal_lives_beside_the_output_as_a_hidden_file(tmp_path):
@@ -31,10 +55,94 @@ def test_a_torn_last_line_is_dropped_and_appends_continue_on_a_clean_line(tmp_pa
     with open(path, "a") as f:
         f.write('{"row_index": 1, "sample_in')  # a kill in the middle of a write
     resumed = Journal(path, FINGERPRINT)
-    assert set(resumed.load()) == {(0, 0)}
+    assert set(resumed.load()) == {(0, 0)} and resumed.skipped == 1
     resumed.append(_record(1, 0))
     resumed.close()
     assert set(Journal(path, FINGERPRINT).load()) == {(0, 0), (1, 0)}
+
+
+def _without(record, key):
+    return {k: v for k, v in record.items() if k != key}
+
+
+DAMAGED_LINES = {
+    "a bad UTF-8 byte": json.dumps(_record(1, 0)).encode().replace(b'"x"', b'"\xff"'),
+    "a missing row_index": json.dumps(_without(_record(1, 1), "row_index")).encode(),
+    "a missing column of the output": json.dumps(_without(_record(1, 2), "finish_reason")).encode(),
+    "a string row_index": json.dumps(_record(1, 3) | {"row_index": "1"}).encode(),
+    "a float sample_index": json.dumps(_record(1, 4) | {"sample_index": 4.0}).encode(),
+    "a boolean sample_index": json.dumps(_record(1, 5) | {"sample_index": True}).encode(),
+    "a negative sample_index": json.dumps(_record(1, 6) | {"sample_index": -1}).encode(),
+    "a null response": json.dumps(_record(1, 7) | {"response": None}).encode(),
+    "a number as response": json.dumps(_record(1, 8) | {"response": 8}).encode(),
+    "a string token count": json.dumps(_record(1, 9) | {"completion_tokens": "5"}).encode(),
+    "a token count beyond int32": json.dumps(_record(1, 10) | {"prompt_tokens": 2 ** 40}).encode(),
+    "a lone surrogate escape": json.dumps(_record(1, 11)).encode().replace(b'"x"', b'"\\ud800"'),
+    "a JSON list": b"[1, 2]",
+    "a JSON number": b"17",
+    "a JSON null": b"null",
+    "not JSON at all": b"\x00\x00\x00",
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGED_LINES))
+def test_a_line_with_damage_is_skipped_counted_and_its_sample_requested_again(tmp_path, caplog, damage):
+    path = tmp_path / "j.jsonl"
+    _journal_with_lines(path, [DAMAGED_LINES[damage]])
+    journal = Journal(path, FINGERPRINT)
+    with caplog.at_level(logging.INFO, logger="mathsft.journal"):
+        loaded = journal.load()
+    assert set(loaded) == {(0, 0), (2, 0)}  # the good lines on both sides are kept
+    assert journal.skipped == 1
+    assert "1 unreadable line(s) skipped" in caplog.text and "line 3:" in caplog.text  # names the line
+
+
+def test_every_damaged_line_is_counted_and_after_load_and_append_the_file_is_clean(tmp_path, caplog):
+    path = tmp_path / "j.jsonl"
+    _journal_with_lines(path, list(DAMAGED_LINES.values()))
+    journal = Journal(path, FINGERPRINT)
+    with caplog.at_level(logging.WARNING, logger="mathsft.journal"):
+        loaded = journal.load()
+    assert set(loaded) == {(0, 0), (2, 0)} and journal.skipped == len(DAMAGED_LINES)
+    assert f"{len(DAMAGED_LINES)} unreadable line(s) skipped" in caplog.text
+    journal.append(_record(1, 0, "redone"))
+    journal.close()
+
+    lines = path.read_bytes().decode("utf-8").splitlines()  # valid UTF-8 throughout
+    assert len(lines) == 1 + 3 and json.loads(lines[0])["fingerprint"] == FINGERPRINT
+    again = Journal(path, FINGERPRINT)
+    records = again.load()
+    assert again.skipped == 0 and set(records) == {(0, 0), (1, 0), (2, 0)}
+    # What was kept can be written as the stage's output.
+    write_parquet(list(records.values()), tmp_path / "out.parquet", TRAJECTORY_SCHEMA)
+
+
+def test_a_null_in_a_nullable_column_is_kept_as_a_fresh_sample_would_be(tmp_path):
+    path = tmp_path / "j.jsonl"
+    _journal_with_lines(path, [json.dumps(_record(1, 0) | {"finish_reason": None}).encode()])
+    journal = Journal(path, FINGERPRINT)
+    assert set(journal.load()) == {(0, 0), (1, 0), (2, 0)} and journal.skipped == 0
+
+
+def test_evaluation_records_keep_their_benchmark_and_need_it(tmp_path):
+    path = tmp_path / "j.jsonl"
+    journal = Journal(path, FINGERPRINT, schema=EVAL_SAMPLE_SCHEMA)
+    journal.append(_record(0, 0) | {"benchmark": "aime24"})
+    journal.append(_record(1, 0))  # no benchmark: the evaluation output could not hold it
+    journal.close()
+    resumed = Journal(path, FINGERPRINT, schema=EVAL_SAMPLE_SCHEMA)
+    records = resumed.load()
+    assert set(records) == {(0, 0)} and records[(0, 0)]["benchmark"] == "aime24" and resumed.skipped == 1
+    resumed.close()
+    assert Journal(path, FINGERPRINT, schema=EVAL_SAMPLE_SCHEMA).load()[(0, 0)]["benchmark"] == "aime24"
+
+
+@pytest.mark.parametrize("header", [b"\xff\xfe", b"[1]", b"", b'{"journal": 1, "fingerp'])
+def test_a_journal_with_an_unreadable_header_is_set_aside_not_used(tmp_path, header):
+    path = tmp_path / "j.jsonl"
+    path.write_bytes(header + b"\n" + json.dumps(_record(0, 0)).encode() + b"\n")
+    assert Journal(path, FINGERPRINT).load() == {}
+    assert not path.exists() and len(list(tmp_path.glob("j.jsonl.stale-*"))) == 1
 
 
 def test_a_journal_from_other_settings_is_set_aside_not_used(tmp_path):
@@ -46,6 +154,39 @@ def test_a_journal_from_other_settings_is_set_aside_not_used(tmp_path):
     assert not path.exists()
     stale = list(tmp_path.glob("j.jsonl.stale-*"))
     assert len(stale) == 1 and json.loads(stale[0].read_text().splitlines()[0])["fingerprint"] == FINGERPRINT
+
+
+def _record_fsyncs(monkeypatch) -> list[tuple[str, str]]:
+    """Patch os.fsync to note what each call synced (a file by its name, or a folder) before syncing it."""
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        kind = "folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file"
+        synced.append((kind, os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return synced
+
+
+def test_rewriting_on_load_fsyncs_the_file_then_its_folder(tmp_path, monkeypatch):
+    path = tmp_path / "j.jsonl"
+    journal = Journal(path, FINGERPRINT)
+    journal.append(_record(0, 0))
+    journal.close()
+    synced = _record_fsyncs(monkeypatch)
+    Journal(path, FINGERPRINT).load()
+    assert synced == [("file", str(path) + ".tmp"), ("folder", str(tmp_path))]
+
+
+def test_a_new_journal_fsyncs_its_folder_once_so_its_name_survives_a_crash(tmp_path, monkeypatch):
+    synced = _record_fsyncs(monkeypatch)
+    journal = Journal(tmp_path / "j.jsonl", FINGERPRINT, fsync_every_s=0.0)
+    journal.append(_record(0, 0))
+    journal.append(_record(0, 1))
+    journal.close()
+    assert [kind for kind, _ in synced].count("folder") == 1 and ("folder", str(tmp_path)) in synced
 
 
 def test_remove_deletes_the_journal(tmp_path):

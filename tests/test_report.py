@@ -36,6 +36,7 @@ def _eval_rows(model: str, bench: str, problems: int = 3, samples: int = 4) -> l
                 "problem": f"What is {p} + {i}?", "answer": f"${p + i}$", "sample_index": i, "messages": "[]",
                 "response": "...", "finish_reason": "length" if (p * samples + i) % 7 == 0 else "stop",
                 "prompt_tokens": 40, "completion_tokens": 20 + 13 * ((p * 5 + i * 3 + len(model)) % 11), "model": model,
+                "served_model_name": None,
                 "prompt_template": "boxed_cot_v1", "api": "chat", "temperature": 0.6, "top_p": 0.95, "max_tokens": 160,
                 "seed": request_seed(0, pid, i), "latency_s": 1.0,
                 "extracted_answer": None if status == "no_answer" else str(p + i if correct else p + i + 1),

@@ -1,14 +1,22 @@
 """The managed vLLM server: start failures are clear and quick, the health wait is bounded, and the
 server's processes are gone on every exit path."""
 
+import http.server
+import json
+import logging
+import os
 import socket
 import subprocess
+import threading
 import time
+import urllib.error
+from pathlib import Path
 
 import pytest
 from conftest import REPO
 
-from mathsft.serve import ManagedServer, ServerError
+from mathsft.serve import (ManagedServer, ServerError, check_no_secrets, external_endpoint, list_models,
+                           redact)
 
 CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "HF_HUB_OFFLINE": "1"}
 CPU_ARGS = ["--dtype", "float32", "--enforce-eager", "--max-model-len", "512"]
@@ -66,6 +74,92 @@ def test_the_shipped_cpu_server_settings_survive_a_wide_batch_of_seeded_requests
                        health_timeout_s=300) as managed:
         records, summary = sample(rows, managed.base_url, "m", "boxed_cot_v1",
                                   Sampling(samples_per_problem=4, temperature=0.6, top_p=0.95, max_tokens=8, seed=0),
-                                  ClientSettings(concurrency=128, max_attempts=1), check_alive=managed.check_alive)
+                                  ClientSettings(concurrency=128, max_attempts=1), api_key=managed.api_key,
+                                  check_alive=managed.check_alive)
     assert summary["failed"] == 0 and len(records) == 128
     assert not _vllm_processes()
+
+
+def _group_commands(pgid: int) -> list[bytes]:
+    """The command lines of every process in a process group (the server and the engine it forks)."""
+    commands = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if os.getpgid(int(proc.name)) == pgid:
+                    commands.append((proc / "cmdline").read_bytes())
+            except (OSError, ProcessLookupError):
+                continue
+    return commands
+
+
+def test_a_managed_server_answers_only_its_own_key_which_never_reaches_argv_or_a_log(tmp_path, student_dir, caplog):
+    caplog.set_level(logging.INFO, logger="mathsft.serve")
+    with ManagedServer(str(student_dir), "m", tmp_path / "server.log", args=CPU_ARGS, env=CPU_ENV,
+                       health_timeout_s=300) as managed:
+        key = managed.api_key
+        assert len(key) >= 32 and managed.model_id == str(student_dir)  # vLLM reports what it loaded
+        assert [entry["id"] for entry in list_models(managed.base_url, key)] == ["m"]
+        for wrong in (None, "not-the-key"):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                list_models(managed.base_url, wrong)
+            assert refused.value.code == 401
+        commands = _group_commands(managed.proc.pid)
+        assert commands and not any(key.encode() in command for command in commands)
+        # The same server seen as a user's endpoint: the name is checked before any request.
+        assert external_endpoint(managed.base_url, "m", key).model_id == str(student_dir)
+        with pytest.raises(ServerError, match=r"serves \['m'\], not 'teacher'"):
+            external_endpoint(managed.base_url, "teacher", key)
+        with pytest.raises(ServerError, match="HTTP 401.*api_key_env"):
+            external_endpoint(managed.base_url, "m", None)
+    assert key not in (tmp_path / "server.log").read_text() and key not in caplog.text
+    assert "starting vLLM" in caplog.text
+    assert not _vllm_processes()
+
+
+class _Impostor(http.server.BaseHTTPRequestHandler):
+    """Whatever another user left on the port: it lists our model to anyone, or refuses every key."""
+
+    status = 200
+
+    def do_GET(self):
+        body = json.dumps({"data": [{"id": "m", "root": "elsewhere"}]}).encode()
+        self.send_response(self.status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("status, refusal", [(200, "answers without this job's key"),
+                                             (401, "refused this job's key")])
+def test_a_process_that_takes_the_port_before_vllm_is_refused(tmp_path, student_dir, monkeypatch, status, refusal):
+    handler = type("Impostor", (_Impostor,), {"status": status})
+    impostor = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=impostor.serve_forever, daemon=True).start()
+    # The impostor binds between the job's check that the port is free and vLLM's own bind.
+    monkeypatch.setattr("mathsft.serve.port_in_use", lambda port, host: False)
+    try:
+        started = time.monotonic()
+        with pytest.raises(ServerError, match=f"something other than the vLLM server.*{refusal}"):
+            with ManagedServer(str(student_dir), "m", tmp_path / "server.log", port=impostor.server_port,
+                               args=CPU_ARGS, env=CPU_ENV, health_timeout_s=300):
+                pass
+        assert time.monotonic() - started < 60
+    finally:
+        impostor.shutdown()
+    assert not _vllm_processes()
+
+
+def test_keys_in_server_arguments_or_variables_are_refused_and_redacted_from_log_lines():
+    with pytest.raises(ValueError, match="--api-key holds a key"):
+        check_no_secrets(["--dtype", "float32", "--api-key=abc"], {}, "server.args")
+    with pytest.raises(ValueError, match="HF_TOKEN looks like a secret.*Export it"):
+        check_no_secrets([], {"HF_TOKEN": "abc"}, "server.env")
+    check_no_secrets(["--dtype", "float32"], {"VLLM_CPU_KVCACHE_SPACE": "2"}, "server.env")
+    assert redact(["vllm", "--api-key", "abc", "--api-key=def", "--port", "1"]) == [
+        "vllm", "--api-key", "***", "--api-key=***", "--port", "1"]
+    with pytest.raises(ValueError, match="--api-key"):
+        ManagedServer("unused", "m", "unused.log", args=["--api-key", "abc"])

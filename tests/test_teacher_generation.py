@@ -34,8 +34,8 @@ def endpoint(tmp_path_factory, student_dir):
     """A real vLLM server (the student: small and quick) with the embedded default's CPU settings."""
     server = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["server"]
     log = tmp_path_factory.mktemp("server") / "server.log"
-    with ManagedServer(str(student_dir), "m", log, args=server["args"] + ["--api-key", API_KEY], env=server["env"],
-                       health_timeout_s=300) as s:
+    with ManagedServer(str(student_dir), "m", log, args=server["args"], env=server["env"], health_timeout_s=300,
+                       api_key=API_KEY) as s:
         yield s
 
 
@@ -151,6 +151,7 @@ def test_a_server_that_dies_mid_shard_fails_the_job_with_its_log(tmp_path, stude
         started = time.monotonic()
         with pytest.raises(ServerError, match="exited with code") as error:
             sample(ROWS, managed.base_url, "m", "boxed_cot_v1", sampling,
-                   ClientSettings(concurrency=4, request_timeout_s=600, max_attempts=10), check_alive=managed.check_alive)
+                   ClientSettings(concurrency=4, request_timeout_s=600, max_attempts=10), api_key=managed.api_key,
+                   check_alive=managed.check_alive)
         assert time.monotonic() - started < 30  # not after the request timeout or the retries
     assert "server.log" in str(error.value)

@@ -1,5 +1,11 @@
-"""Dry runs of the workflow: what a fresh directory plans, and config errors caught before any job."""
+"""Dry runs of the workflow: what a fresh directory plans, config errors caught before any job, and every value
+quoted on its way to a job's shell."""
 
+import json
+import re
+import subprocess
+
+import pytest
 from workflow import REPO, edited_config, planned_outputs, snakemake
 
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
@@ -47,3 +53,108 @@ def test_the_deepscaler_run_plans_hub_fetches_and_one_teacher_job_per_shard(tmp_
     assert planned["teacher"] == {f"results/teacher/{k:05d}.parquet" for k in range(32)}
     assert "prepare_model" not in planned  # hub models, not embedded ones
     assert planned["evaluate"] == {"results/eval/generations/student.parquet", "results/eval/generations/sft.parquet"}
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("train.run_name", "..", "run_name"),
+    ("train.run_name", ".", "run_name"),
+    ("train.run_name", "a/b", "run_name"),
+    ("train.run_name", ".hidden", "run_name"),
+    ("train.run_name", "", "run_name"),
+    ("train.run_name", "student", "run_name"),
+    ("train.run_name", "teacher", "run_name"),
+    ("teacher.model", "embedded:..", "teacher.*model"),
+    ("train.model", "embedded:../../etc", "train.*model"),
+    ("data.benchmarks", ["chain_sum", ".."], "benchmarks"),
+    ("eval.pass_k", [1, 4], r"eval.pass_k: \[4\] above eval.samples_per_problem \(2\)"),
+    ("curate.reward_threshold", 7, "reward_threshold"),
+    ("curate.reward_threshold", -0.5, "reward_threshold"),
+    ("eval.models", ["student", "mystery"], "eval.models: mystery"),
+    ("server.env", {"HF_TOKEN": "x"}, "HF_TOKEN looks like a secret"),
+    ("server.args", ["--api-key", "x"], "--api-key holds a key"),
+])
+def test_names_and_values_that_would_break_a_run_are_refused_before_any_job_naming_the_key(tmp_path, key, value,
+                                                                                            message):
+    bad = edited_config(TINY, tmp_path / "bad.yaml", **{key: value})
+    result = snakemake(tmp_path, bad, "-n", "results/eval.json", timeout=300)
+    assert result.returncode != 0
+    assert re.search(message, result.stdout + result.stderr), (result.stdout + result.stderr)[-2000:]
+    assert not (tmp_path / "results").exists()
+
+
+def test_an_embedded_teacher_with_an_endpoint_is_refused(tmp_path):
+    bad = edited_config(TINY, tmp_path / "bad.yaml", **{"teacher.endpoint": "http://127.0.0.1:9/v1"})
+    result = snakemake(tmp_path, bad, "-n", "results/eval.json", timeout=300)
+    assert result.returncode != 0
+    assert "with teacher.endpoint set, give the name that server serves" in result.stdout + result.stderr
+
+
+# Shell metacharacters, quotes and a space: what a config value must survive on its way to a job's command line.
+HOSTILE = "x y; touch CANARY1 $(touch CANARY2) `touch CANARY3` 'q\" z"
+HOSTILE_URL = "http://127.0.0.1:9/v1;touch${IFS}CANARY4$(touch${IFS}CANARY5)"
+
+
+def shell_commands(workdir, configfile, target):
+    """Rule name -> the shell commands a dry run of `target` prints."""
+    result = snakemake(workdir, configfile, "-n", "-p", target, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    commands, rule = {}, None
+    for line in result.stdout.splitlines():
+        match = re.match(r"^(?:local)?rule (\w+):$", line.strip())
+        if match:
+            rule = match.group(1)
+        elif line.startswith("Shell command: ") and rule:
+            commands.setdefault(rule, []).append(line.removeprefix("Shell command: "))
+    return commands
+
+
+def argv_through_bash(command, cwd):
+    """The arguments a job's command line gives its script, as bash parses it: `python` is swapped for a program
+    that prints its argv, and the log redirection is dropped."""
+    assert command.startswith("python ")
+    command = command.split(" > ", 1)[0]
+    printer = "python -c 'import json, sys; print(json.dumps(sys.argv[1:]))'"
+    out = subprocess.run(["bash", "-c", printer + command.removeprefix("python")], cwd=cwd, capture_output=True,
+                         text=True, check=True).stdout
+    return json.loads(out)
+
+
+def test_every_string_value_reaches_the_jobs_as_literal_text(tmp_path):
+    (tmp_path / HOSTILE).write_text("{}")  # the deepspeed config, at a path with every hostile character
+    config = edited_config(TINY, tmp_path / "hostile.yaml", **{
+        "data.tasks": ["chain_sum", HOSTILE],
+        "teacher.model": HOSTILE, "teacher.api": "completions", "teacher.tokenizer": HOSTILE,
+        "train.model": HOSTILE, "train.deepspeed": HOSTILE,
+        "server.args": ["--dtype", HOSTILE], "server.env": {"VLLM_CPU_KVCACHE_SPACE": HOSTILE},
+        "eval.models": ["student", "sft", "remote"],
+        "eval.endpoints": {"remote": {"endpoint": HOSTILE_URL, "model": HOSTILE, "api_key_env": "REMOTE_KEY"}},
+    })
+    commands = shell_commands(tmp_path, config, "results/eval.json")
+    seen = {}
+    for rule in ("prepare_data", "teacher", "train", "evaluate"):
+        for command in commands[rule]:
+            seen.setdefault(rule, []).append(argv_through_bash(command, tmp_path))
+    assert HOSTILE in seen["prepare_data"][0]
+    teacher = seen["teacher"][0]
+    assert teacher[teacher.index("--model") + 1] == HOSTILE and teacher[teacher.index("--tokenizer") + 1] == HOSTILE
+    assert f"--server_arg={HOSTILE}" in teacher and f"--server_env=VLLM_CPU_KVCACHE_SPACE={HOSTILE}" in teacher
+    train = seen["train"][0]
+    assert train[train.index("--model") + 1] == HOSTILE and train[train.index("--deepspeed") + 1].endswith(HOSTILE)
+    remote = next(argv for argv in seen["evaluate"] if "remote" in argv)
+    assert remote[remote.index("--model") + 1] == HOSTILE and f"--endpoint={HOSTILE_URL}" in remote
+    assert "--api_key_env=REMOTE_KEY" in remote
+    assert not list(tmp_path.glob("CANARY*"))
+
+
+def test_hub_dataset_fields_reach_the_fetch_job_as_literal_text(tmp_path):
+    spec = {"hub": HOSTILE, "split": HOSTILE, "subset": HOSTILE, "revision": HOSTILE}
+    config = edited_config(TINY, tmp_path / "hostile.yaml", **{
+        "data.source": "hub", "data.train_sets": ["mine"], "data.benchmarks": ["mine_eval"],
+        "data.datasets": {"mine": spec, "mine_eval": spec}, "eval.benchmarks": None})
+    commands = shell_commands(tmp_path, config, "results/data/problems.parquet")
+    for command in commands["fetch_dataset"]:
+        argv = argv_through_bash(command, tmp_path)
+        assert all(argv[argv.index(f"--{key}") + 1] == HOSTILE for key in spec)
+    prepare = argv_through_bash(commands["prepare_data"][0], tmp_path)
+    assert json.loads(prepare[prepare.index("--datasets") + 1])["mine"]["revision"] == HOSTILE
+    assert not list(tmp_path.glob("CANARY*"))

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -14,14 +18,33 @@ REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
-def snakemake(workdir: Path, configfile: Path, *args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
-    """Run Snakemake on the repo's Snakefile in `workdir` with `configfile` and the default profile."""
-    env = dict(os.environ)
+@functools.cache
+def checkout() -> Path:
+    """A copy of this checkout (its tracked and unignored files) in a folder whose path has a space and a quote,
+    as users clone into any folder: the workflow tests run Snakemake from it, so every path and value that
+    reaches a job's shell is tested quoted. Made once per test session."""
+    top = Path(tempfile.mkdtemp(prefix="mathsft-checkout-"))
+    atexit.register(shutil.rmtree, top, ignore_errors=True)
+    copy = top / "a user's checkout" / "mathsft"
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        if (REPO / name).is_file():
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, copy / name)
+    return copy
+
+
+def snakemake(workdir: Path, configfile: Path, *args: str, timeout: float = 1800,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run Snakemake on the Snakefile of checkout() in `workdir` with `configfile` and the local profile
+    (`env`: variables added to the environment)."""
+    env = dict(os.environ) | (env or {})
     # Jobs run `python`: the one these tests run under, whatever PATH the caller had.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    command = [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(workdir), "--configfile", str(configfile),
-               "--profile", str(REPO / "profiles" / "local"), *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+    command = [*SNAKEMAKE, "-s", str(checkout() / "Snakefile"), "--directory", str(workdir), "--configfile",
+               str(configfile), "--profile", str(checkout() / "profiles" / "local"), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=checkout())
 
 
 def planned_outputs(workdir: Path, configfile: Path, target: str = "results/eval.json") -> dict[str, set[str]]:
