@@ -5,6 +5,9 @@ anywhere the run writes, Snakemake's own .snakemake/ included."""
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -22,12 +25,19 @@ TARGETS = ("results/teacher/00000.parquet", "results/teacher/00001.parquet", "re
 
 
 @pytest.fixture(scope="module")
-def user_server(tmp_path_factory, student_dir):
-    """What a user runs by hand: vLLM serving a model under another name, with a key (the small student stands in
-    for the teacher)."""
+def user_model(tmp_path_factory, student_dir):
+    """The user's model folder, at a path with a space and a quote (the small student stands in for the teacher)."""
+    folder = tmp_path_factory.mktemp("models") / "a user's models" / "teacher model"
+    shutil.copytree(student_dir, folder, copy_function=os.link)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def user_server(tmp_path_factory, user_model):
+    """What a user runs by hand: vLLM serving a model under another name, with a key."""
     server = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["server"]
     log = tmp_path_factory.mktemp("user_server") / "server.log"
-    with ManagedServer(str(student_dir), SERVED_NAME, log, args=server["args"], env=server["env"],
+    with ManagedServer(str(user_model), SERVED_NAME, log, args=server["args"], env=server["env"],
                        health_timeout_s=300, api_key=API_KEY) as s:
         yield s
 
@@ -38,7 +48,7 @@ def _config(tmp_path, user_server, model=SERVED_NAME):
         "teacher.api_key_env": "MATHSFT_TEST_TEACHER_KEY", "eval.models": ["teacher"], "eval.pass_k": [1]})
 
 
-def test_teacher_and_its_evaluation_run_through_a_server_the_user_started(tmp_path, user_server, student_dir):
+def test_teacher_and_its_evaluation_run_through_a_server_the_user_started(tmp_path, user_server, user_model):
     workdir = tmp_path / "run"
     result = snakemake(workdir, _config(tmp_path, user_server), *TARGETS, timeout=1200, env=KEY_ENV)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -48,7 +58,7 @@ def test_teacher_and_its_evaluation_run_through_a_server_the_user_started(tmp_pa
     assert len(teacher) == 16 and len(evaluated) == 2 * 3 * 2
     for row in teacher + evaluated:
         # The model id is what that server reports it loaded; the name requests used is kept beside it.
-        assert row["model"] == str(student_dir) and row["served_model_name"] == SERVED_NAME
+        assert row["model"] == str(user_model) and row["served_model_name"] == SERVED_NAME
         assert row["response"] and row["finish_reason"] in ("stop", "length")
     written = [path for path in workdir.rglob("*") if path.is_file()]
     assert any(".snakemake" in path.parts for path in written)
