@@ -163,8 +163,13 @@ def score_all(items: Iterable[tuple[str, str]], workers: int, timeout_s: float,
                 elif time.monotonic() - worker.started >= timeout_s:
                     replace_worker(slot, worker, TIMEOUT, f"still running after {timeout_s:g} s")
     finally:
+        # Idle, or busy when an error or SIGTERM (as SystemExit: scripts call mathsft.serve.exit_on_sigterm) got us
+        # here; an idle one would end at the end of its pipe, a busy one only when its check does. Every worker
+        # is signalled before any is waited for, so a second signal arriving here cannot leave one running.
         for worker in pool:
-            worker.kill()  # idle, or busy when an error got us here: a kill cannot hang
+            worker.proc.kill()
+        for worker in pool:
+            worker.kill()  # a kill cannot hang
     return results  # type: ignore[return-value]
 
 

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -162,8 +163,8 @@ class ManagedServer:
         ]
 
     def __enter__(self) -> "ManagedServer":
-        self.start()
         try:
+            self.start()
             self.wait_healthy()
         except BaseException:
             self.stop()
@@ -233,20 +234,30 @@ class ManagedServer:
             raise ServerError(f"{impostor}: it answers without this job's key; not sampling from it")
 
     def stop(self, grace_s: float = 30.0) -> None:
-        """SIGTERM the server's process group, SIGKILL it after `grace_s`."""
+        """SIGTERM the server's process group, SIGKILL it after `grace_s` (5 s for a server that never became
+        ready: vLLM waiting for its engine does not heed SIGTERM). A second SIGTERM to this job meanwhile (SLURM
+        sends one, then SIGKILL) cannot cut the stop short."""
         if self.proc is None or self.proc.poll() is not None and not _group_alive(self.proc.pid):
             return
-        for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                self.proc.wait(timeout=wait_s)
-                if not _group_alive(self.proc.pid):
+        if self.model_id is None:
+            grace_s = min(grace_s, 5.0)
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, signal.SIG_IGN) if in_main_thread else None
+        try:
+            for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
+                try:
+                    os.killpg(self.proc.pid, sig)
+                except ProcessLookupError:
                     break
-            except subprocess.TimeoutExpired:
-                continue
+                try:
+                    self.proc.wait(timeout=wait_s)
+                    if not _group_alive(self.proc.pid):
+                        break
+                except subprocess.TimeoutExpired:
+                    continue
+        finally:
+            if in_main_thread:
+                signal.signal(signal.SIGTERM, previous)
         log.info("vLLM server stopped")
 
 

@@ -56,6 +56,31 @@ class ConfigError(ValueError):
     """A training setting that cannot work; raised before any compute."""
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradient norm became NaN or infinite: the run stops and nothing is exported."""
+
+
+def check_finite(step: int, total_steps: int, epoch: int, loss: float, grad_norm: float | None,
+                 micro_losses: list[float], rank: int, learning_rate: float, train_path: str) -> None:
+    """Raise TrainingDiverged, naming the optimizer step (and this rank's first micro-batch with a non-finite
+    loss), when the step's loss or gradient norm is not finite; the same values on every rank, so all stop."""
+    # DeepSpeed's ZeRO optimizers report an infinite or NaN gradient norm as -1.
+    norm_finite = grad_norm is None or (math.isfinite(grad_norm) and grad_norm >= 0)
+    if math.isfinite(loss) and norm_finite:
+        return
+    where = f"optimizer step {step} of {total_steps} (epoch {epoch})"
+    bad = [k for k, value in enumerate(micro_losses, 1) if not math.isfinite(value)]
+    if bad:
+        where += f", first in micro-batch {bad[0]} of {len(micro_losses)} on rank {rank}"
+    norm = f"{grad_norm} (DeepSpeed's mark for inf or NaN)" if grad_norm is not None and grad_norm < 0 else grad_norm
+    raise TrainingDiverged(
+        f"training diverged at {where}: loss {loss}, gradient norm {norm}. Nothing was exported. Lower "
+        f"train.learning_rate (now {learning_rate:g}) or raise train.warmup_ratio, and check the training data "
+        f"({train_path}) for broken traces (with a changed setting the run starts over: its checkpoints are for "
+        "the old one)"
+    )
+
+
 def check_config(cfg: TrainConfig, world_size: int, context_length: int | None, rope_scaling) -> int:
     """Validate settings against each other and the model; returns gradient accumulation steps."""
     for path, key in ((cfg.train_path, "train file"), (cfg.deepspeed_config, "deepspeed config")):
@@ -298,8 +323,25 @@ class Checkpoints:
             (self.folder / "fingerprint").write_text(self.fingerprint)
             return
         path = self.folder / "metrics.jsonl"
-        lines = path.read_text().splitlines() if path.is_file() else []
-        path.write_text("".join(line + "\n" for line in lines if json.loads(line)["step"] <= resumed_step))
+        kept, unreadable = [], 0
+        # A run killed while writing leaves a torn last line (cut JSON, a cut UTF-8 character): skipped and
+        # counted, never a reason to give up the checkpoint. A step's line comes before its checkpoint, so a
+        # torn step line is one that is trained and recorded again.
+        for line in path.read_bytes().splitlines() if path.is_file() else []:
+            try:
+                entry = json.loads(line.decode("utf-8"))
+                step = entry["step"]
+                if not isinstance(step, int):
+                    raise TypeError(step)
+            except (UnicodeDecodeError, ValueError, TypeError, KeyError):
+                unreadable += 1
+                continue
+            if step <= resumed_step:
+                kept.append(line + b"\n")
+        if unreadable:
+            log.warning("%s: %d unreadable line(s) skipped (a run killed mid-write); metrics kept up to step %d",
+                        path, unreadable, resumed_step)
+        path.write_bytes(b"".join(kept))
 
     def save(self, engine, step: int) -> None:
         import torch.distributed as dist
@@ -407,7 +449,7 @@ def train(cfg: TrainConfig, metrics_path: str) -> dict:
                 torch.distributed.all_reduce(counts)
                 torch.distributed.all_reduce(passes, op=torch.distributed.ReduceOp.MAX)
             label_tokens, real_tokens = float(counts[0]), float(counts[1])
-            step_loss, step_computed, step_started = 0.0, 0, time.monotonic()
+            micro_losses, step_computed, step_started = [], 0, time.monotonic()
             for k in range(int(passes[0])):
                 if k < len(micro_batches):
                     loss, computed = micro_batch_loss(engine, [examples[i] for i in micro_batches[k]], cfg.packing,
@@ -417,7 +459,9 @@ def train(cfg: TrainConfig, metrics_path: str) -> dict:
                     loss = sum(p.sum() * 0.0 for p in engine.module.parameters() if p.requires_grad)
                 # DeepSpeed averages gradients over ranks: scale by world size so they sum to the token mean.
                 engine.backward(loss * world_size / label_tokens, scale_wrt_gas=False)
-                step_loss += float(loss.detach())
+                micro_losses.append(loss.detach().to(torch.float64))  # read once per step, not per micro-batch
+            micro_losses = torch.stack(micro_losses).tolist()
+            step_loss = sum(micro_losses)
             # DeepSpeed's stage 0 clips float32 gradients without keeping their norm: take it before the step.
             own_norm = _gradient_norm(engine.module) if engine.zero_optimization_stage() == 0 else None
             engine.step()
@@ -425,6 +469,9 @@ def train(cfg: TrainConfig, metrics_path: str) -> dict:
             computed_all = torch.tensor([float(step_computed), step_loss], dtype=torch.float64, device=device)
             if world_size > 1:
                 torch.distributed.all_reduce(computed_all)
+            # Before anything is recorded or checkpointed: a diverged step is never saved, and stops every rank.
+            check_finite(step, total_steps, epoch, float(computed_all[1]) / label_tokens, grad_norm, micro_losses,
+                         rank, cfg.learning_rate, cfg.train_path)
             elapsed = max(time.monotonic() - step_started, 1e-9)
             epoch_computed += float(computed_all[0])
             epoch_real += real_tokens

@@ -10,6 +10,7 @@ import logging
 from mathsft.cli import setup_logging
 from mathsft.io import SCORING_SCHEMAS, read_parquet, write_parquet
 from mathsft.reward import score_rows, status_counts
+from mathsft.serve import exit_on_sigterm
 
 
 def main() -> None:
@@ -22,6 +23,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="scoring processes (the rule passes its threads)")
     args = parser.parse_args()
     setup_logging()
+    # SIGTERM (scancel, a SLURM time limit) ends scoring through its `finally`, which kills the workers: a busy
+    # one would otherwise keep a core until its check ends, however long that is.
+    exit_on_sigterm()
     in_schema, out_schema = SCORING_SCHEMAS[args.kind]
     rows = read_parquet(args.input, in_schema).to_pylist()
     scores = score_rows(rows, args.workers, args.timeout_s)

@@ -13,7 +13,8 @@ import sys
 
 from mathsft.cli import setup_logging
 from mathsft.io import write_json
-from mathsft.train import ConfigError, TrainConfig, train
+from mathsft.serve import exit_on_sigterm
+from mathsft.train import ConfigError, TrainConfig, TrainingDiverged, train
 
 
 def main() -> None:
@@ -36,6 +37,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args()
     setup_logging()
+    # SIGTERM (scancel, a SLURM time limit; torchrun forwards it to every rank) ends the run through `finally`
+    # blocks: a first start's extension build releases its lock, which would otherwise stall every later start.
+    exit_on_sigterm()
     if args.threads:
         import torch
 
@@ -48,7 +52,7 @@ def main() -> None:
     )
     try:
         summary = train(cfg, args.metrics)
-    except ConfigError as exc:
+    except (ConfigError, TrainingDiverged) as exc:
         sys.exit(f"error: {exc}")
     write_json(summary, args.summary)
     logging.info("summary %s", json.dumps({k: v for k, v in summary.items() if k != "config"}))

@@ -1,9 +1,11 @@
 import json
+import logging
+import math
 
 import pytest
 
-from mathsft.train import (ConfigError, TrainConfig, check_config, cosine_with_warmup, deepspeed_config,
-                           run_fingerprint)
+from mathsft.train import (Checkpoints, ConfigError, TrainConfig, TrainingDiverged, check_config, check_finite,
+                           cosine_with_warmup, deepspeed_config, run_fingerprint)
 
 
 def _cfg(tmp_path, **overrides):
@@ -69,3 +71,41 @@ def test_one_float32_process_runs_zero_1_and_2_as_stage_0_and_keeps_every_other_
 def test_a_checkpoint_is_resumed_only_with_the_same_process_count(tmp_path):
     cfg = _cfg(tmp_path)
     assert run_fingerprint(cfg, 1) == run_fingerprint(cfg, 1) != run_fingerprint(cfg, 2)
+
+
+def test_a_resume_skips_and_counts_torn_or_undecodable_metrics_lines_and_keeps_the_rest_up_to_its_step(tmp_path, caplog):
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    good = [json.dumps({"step": step, "epoch": 0, "loss": 1.0 / step}).encode() for step in (1, 2, 3)]
+    # Bytes that are not UTF-8 (a cut character), a line that is not a metrics entry, and a torn last line.
+    damaged = [good[0], b'{"step": 2, "note": "caf\xc3"}', good[1], b"[1, 2]", good[2], b'{"step": 4, "lo']
+    (folder / "metrics.jsonl").write_bytes(b"\n".join(damaged))
+    with caplog.at_level(logging.WARNING, logger="mathsft.train"):
+        Checkpoints(str(folder), "fingerprint", rank=0).prepare(resumed_step=2)
+    assert (folder / "metrics.jsonl").read_bytes() == good[0] + b"\n" + good[1] + b"\n"
+    assert "3 unreadable line(s) skipped" in caplog.text and str(folder / "metrics.jsonl") in caplog.text
+
+
+def test_a_finite_step_passes_the_divergence_check():
+    check_finite(3, 10, 0, loss=2.5, grad_norm=1.2, micro_losses=[10.0, 20.0], rank=0, learning_rate=1e-5,
+                 train_path="train.parquet")
+    check_finite(3, 10, 0, loss=2.5, grad_norm=None, micro_losses=[10.0], rank=0, learning_rate=1e-5,
+                 train_path="train.parquet")
+
+
+def test_a_non_finite_loss_names_the_step_and_micro_batch_and_says_what_to_do():
+    with pytest.raises(TrainingDiverged) as error:
+        check_finite(7, 40, 1, loss=math.nan, grad_norm=math.inf, micro_losses=[3.0, math.inf, math.nan], rank=1,
+                     learning_rate=3e-4, train_path="results/sft/train.parquet")
+    message = str(error.value)
+    assert "optimizer step 7 of 40 (epoch 1), first in micro-batch 2 of 3 on rank 1" in message
+    assert "Nothing was exported" in message and "Lower train.learning_rate (now 0.0003)" in message
+    assert "results/sft/train.parquet" in message
+
+
+def test_a_non_finite_gradient_norm_stops_training_even_when_deepspeed_reports_it_as_minus_one():
+    # ZeRO-1/2 return -1 for an infinite or NaN norm; stage 0 (our own norm) returns the value itself.
+    for grad_norm in (math.nan, math.inf, -1.0):
+        with pytest.raises(TrainingDiverged, match="optimizer step 2 of 4 \\(epoch 0\\): loss 2.0, gradient norm"):
+            check_finite(2, 4, 0, loss=2.0, grad_norm=grad_norm, micro_losses=[4.0], rank=0, learning_rate=1e-5,
+                         train_path="t")

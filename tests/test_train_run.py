@@ -1,6 +1,7 @@
 """The trainer for real (DeepSpeed on CPU, the embedded student): packed and padded batches take the same
-step, a run killed with SIGKILL resumes from its last checkpoint to the same weights, the exported folder
-loads and generates, LoRA is merged at export, ZeRO-3 shards are gathered, bad settings stop before compute."""
+step, a run killed with SIGKILL resumes from its last checkpoint to the same weights (past a torn metrics
+line), a diverging run stops and exports nothing, the exported folder loads and generates, LoRA is merged at
+export, ZeRO-3 shards are gathered, bad settings stop before compute."""
 
 from __future__ import annotations
 
@@ -62,6 +63,7 @@ def test_packed_and_padded_batches_take_the_same_first_step_and_packing_wastes_n
 
 
 def test_a_run_killed_with_sigkill_resumes_from_its_last_checkpoint_to_the_same_weights(student_dir, work):
+    # Killed in the middle of writing a metrics line too: the torn line is skipped, not a reason to fail.
     common = ("--global_batch_size", "2", "--micro_batch_size_per_device", "2", "--checkpoint_every", "1")
     run(train_command(student_dir, work, "whole", *common, "--checkpoint_dir", str(work / "ckpt_whole")))
     command = train_command(student_dir, work, "resumed", *common, "--checkpoint_dir", str(work / "ckpt"))
@@ -75,7 +77,10 @@ def test_a_run_killed_with_sigkill_resumes_from_its_last_checkpoint_to_the_same_
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert not (work / "resumed" / "model").exists()
-    run(command)
+    with open(work / "ckpt" / "metrics.jsonl", "ab") as torn:  # as if killed mid-line, in a UTF-8 character
+        torn.write(b'{"step": 3, "epoch": 0, "note": "\xe2\x82')
+    resumed = run(command)
+    assert "1 unreadable line(s) skipped" in resumed.stderr
     summary = json.loads((work / "resumed" / "summary.json").read_text())
     assert summary["resumed_from_step"] == 2 and summary["steps"] == 4
     assert [m["step"] for m in metrics(work, "resumed") if "loss" in m] == [1, 2, 3, 4]
@@ -84,6 +89,21 @@ def test_a_run_killed_with_sigkill_resumes_from_its_last_checkpoint_to_the_same_
     for name in whole:
         assert (whole[name] - resumed[name]).abs().max() < 1e-5, name
     assert not (work / "ckpt").exists()  # a finished run removes its checkpoints
+
+
+def test_a_diverging_run_stops_at_the_step_that_went_non_finite_checkpoints_and_exports_nothing(student_dir, work):
+    # At 1e20 the first Adam step throws the weights to about 1e20 and the second step's gradient norm is NaN.
+    # (At 1e4 or 1e6 the model collapses to a uniform prediction with a zero gradient instead: finite values.)
+    command = train_command(student_dir, work, "diverged", "--global_batch_size", "2", "--micro_batch_size_per_device",
+                            "2", "--learning_rate", "1e20", "--checkpoint_dir", str(work / "ckpt_diverged"),
+                            "--checkpoint_every", "1")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 1, result.stderr[-4000:]
+    assert "error: training diverged at optimizer step 2 of 4 (epoch 0)" in result.stderr
+    assert "Lower train.learning_rate (now 1e+20)" in result.stderr and "step 2/4" not in result.stderr
+    assert not (work / "diverged").exists(), "no model, metrics or summary (nor a temporary one) for a diverged run"
+    # The last checkpoint is the step before: the diverged one is never saved.
+    assert (work / "ckpt_diverged" / "latest").read_text().strip() == "step00000001"
 
 
 def test_the_exported_model_loads_generates_and_stops_on_the_end_of_turn(work):
