@@ -2,8 +2,9 @@
 before this module's first cluster test and torn down after its last by tests/slurm/cluster.sh): the tiny
 config end to end through sbatch with the resources the profile asks for; a job cancelled with scancel,
 reported, and finished by the rerun; a job that fails once and is submitted again; the training launch
-(srun + torchrun) run for real on one node, and submitted for two nodes and read back from the controller.
-Every result of that run is compared with the local run of the same config (finished_run, conftest.py):
+(srun + torchrun) run for real on one node, and submitted for two nodes and read back from the controller;
+a job no node can take (reported with SLURM's reason within a minute, and cancelled, or refused by sbatch) and
+one waiting for a drained node (reported, then run). Every result of that run is compared with the local run of the same config (finished_run, conftest.py):
 two whole runs with the same seeds.
 
 Needs root and the packages of tests/system_packages.sh: skipped without them, failed under CI=true."""
@@ -354,7 +355,9 @@ def test_two_node_training_asks_for_two_nodes_and_gpus_per_node(slurm_run, clust
             time.sleep(0.5)
         assert submitted, log.read_text()[-3000:]
         (job,) = submitted
-        subprocess.run(["scancel", job["JobId"]], check=True)
+        # Two nodes on a one-node cluster never start (PartitionNodeLimit): mathsft.slurm's watch cancels such a
+        # job too, in 15 s, so this scancel may find it cancelled already.
+        subprocess.run(["scancel", job["JobId"]], check=False)
         process.wait(timeout=120)
     output = log.read_text()
     assert job["rule"] == "train" and job["JobState"] == "PENDING"
@@ -365,6 +368,89 @@ def test_two_node_training_asks_for_two_nodes_and_gpus_per_node(slurm_run, clust
     (sbatch,) = [line for line in output.splitlines() if "sbatch call: sbatch" in line]
     assert " --nodes=2" in sbatch and " --gres=gpu:8" in sbatch and "--gpus=" not in sbatch
     assert process.returncode != 0 and f"SLURM-job '{job['JobId']}' failed" in output
+
+
+def run_until(command: list[str], log: Path, pattern: str, seconds: float) -> tuple[subprocess.Popen, float]:
+    """Start `command` with its output in `log`; the seconds until its output matched `pattern`, which must
+    happen within `seconds` (else the process is killed and the test fails). The process goes on."""
+    started = time.monotonic()
+    with log.open("w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=job_env())
+    while True:
+        exited = process.poll() is not None  # before reading: what it wrote before exiting is read
+        if re.search(pattern, log.read_text()):
+            return process, time.monotonic() - started
+        if exited or time.monotonic() - started > seconds:
+            process.kill()
+            process.wait()
+            pytest.fail(f"not within {seconds} s: {pattern}\n{log.read_text()[-5000:]}")
+        time.sleep(0.2)
+
+
+def finished(process: subprocess.Popen, log: Path, timeout: float = 300) -> str:
+    """The output of `process` once it has exited (killed after `timeout` s)."""
+    try:
+        process.wait(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return log.read_text()
+
+
+def only_prepare_data(workdir: Path, *resources: str) -> list[str]:
+    """The cheapest cluster job of the tiny config (no model, no server): prepare_data, with `resources` for it."""
+    command = [*slurm_snakemake(workdir, TINY), "--retries", "0", "results/data/problems.parquet"]
+    return command + (["--set-resources", *(f"prepare_data:{r}" for r in resources)] if resources else [])
+
+
+@pytest.mark.parametrize(("resource", "reason"), [
+    # More CPUs than the node has: SLURM queues the job (EnforcePartLimits=NO, its default) with this reason.
+    ("cpus_per_task=64", r"SLURM job (\d+) of rule prepare_data: can never start, SLURM keeps it pending with "
+                         r"reason PartitionConfig\. It asks for 64 CPUs"),
+    # More memory than any node has: sbatch itself refuses the job.
+    ("mem_mb=10000000", r"(?s)Error in rule prepare_data:\s+message: SLURM sbatch failed\. The error message was "
+                        r"'sbatch: error: Memory specification can not be satisfied"),
+], ids=["cpus-PartitionConfig", "memory-refused-by-sbatch"])
+def test_a_job_no_node_can_take_is_reported_with_slurms_reason_within_a_minute(cluster, tmp_path, resource, reason):
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    before = {job["JobId"] for job in cluster_jobs()}
+    started = time.monotonic()
+    process, seconds = run_until(only_prepare_data(workdir, resource), tmp_path / "run.log", reason, 60)
+    output = finished(process, tmp_path / "run.log")
+    print(f"\n{resource}: reported after {seconds:.1f} s, snakemake exited {process.returncode} after "
+          f"{time.monotonic() - started:.1f} s")
+    assert process.returncode != 0, output[-3000:]
+    assert "Error in rule prepare_data" in output
+    jobs = [job for job in cluster_jobs() if job["JobId"] not in before]
+    if resource.startswith("cpus"):
+        job_id = re.search(reason, output).group(1)
+        assert f"SLURM-job '{job_id}' failed, SLURM status is: 'CANCELLED'" in output  # Snakemake's own error
+        assert [(job["JobId"], job["JobState"], job["NumCPUs"]) for job in jobs] == [(job_id, "CANCELLED", "64")]
+    else:  # refused at submission: the controller keeps a record of it, failed, never queued
+        assert [(job["JobState"], job["Reason"], job["rule"]) for job in jobs] == [("FAILED", "BadConstraints",
+                                                                                    "prepare_data")]
+
+
+def test_a_job_waiting_for_drained_nodes_is_reported_and_runs_once_they_return(cluster, tmp_path):
+    node = subprocess.run(["hostname", "-s"], capture_output=True, text=True, check=True).stdout.strip()
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    waiting = r"SLURM job (\d+) of rule prepare_data: waiting, SLURM keeps it pending with reason 'Nodes required"
+    subprocess.run(["scontrol", "update", f"nodename={node}", "state=drain", "reason=test_slurm maintenance"],
+                   check=True)
+    started = time.monotonic()
+    try:
+        process, seconds = run_until(only_prepare_data(workdir), tmp_path / "run.log", waiting, 60)
+    finally:
+        subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], check=True)
+    output = finished(process, tmp_path / "run.log")
+    print(f"\nwaiting for a drained node: reported after {seconds:.1f} s, snakemake exited {process.returncode} "
+          f"after {time.monotonic() - started:.1f} s")
+    assert process.returncode == 0, output[-5000:]  # reported, not cancelled: it ran once the node was back
+    assert (workdir / "results" / "data" / "problems.parquet").is_file()
+    assert len(re.findall(waiting, output)) == 1
 
 
 def test_more_than_one_node_without_srun_is_refused_before_any_job(tmp_path):
