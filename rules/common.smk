@@ -307,8 +307,26 @@ def repo_file(path):
     return path if os.path.isabs(path) or os.path.exists(path) else os.path.join(workflow.basedir, path)
 
 
+# Keys that decide how fast or where a stage runs, never what it produces. The rules pass them as resources, not
+# params, and eval.json's config_hash leaves them out, so editing one reruns nothing.
+SPEED_ONLY_KEYS = {
+    "server": ("health_timeout_s",),
+    "teacher": ("endpoint", "api_key_env", "concurrency", "request_timeout_s", "max_attempts", "max_failed_fraction"),
+    "eval": ("concurrency", "request_timeout_s", "max_attempts"),
+    "train": ("checkpoint_every", "launcher"),
+}
+# Per eval.endpoints entry: where the model is served and its key's variable; the model's name there decides.
+SPEED_ONLY_ENDPOINT_KEYS = ("endpoint", "api_key_env")
+
+
 def config_hash():
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+    """A digest of the settings that decide results (all but SPEED_ONLY_KEYS), for eval.json's provenance."""
+    decisive = {section: {key: value for key, value in values.items() if key not in SPEED_ONLY_KEYS.get(section, ())}
+                for section, values in config.items()}
+    decisive["eval"]["endpoints"] = {label: {key: value for key, value in entry.items()
+                                             if key not in SPEED_ONLY_ENDPOINT_KEYS}
+                                     for label, entry in config["eval"]["endpoints"].items()}
+    return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def train_launch():

@@ -135,6 +135,15 @@ def test_reward_edits_rescore_but_never_regenerate(finished_run, tmp_path):
     assert {"results/eval/student.parquet", "results/eval/sft.parquet"} <= planned["score_eval"]
 
 
+def test_speed_only_keys_rerun_nothing_eval_summary_and_the_report_included(finished_run, tmp_path):
+    workdir, _ = finished_run
+    for key, value in (("teacher.concurrency", 3), ("teacher.request_timeout_s", 99), ("teacher.max_attempts", 2),
+                       ("teacher.max_failed_fraction", 0.5), ("eval.concurrency", 3), ("eval.request_timeout_s", 99),
+                       ("eval.max_attempts", 2), ("server.health_timeout_s", 77), ("train.checkpoint_every", 1)):
+        edited = edited_config(TINY, tmp_path / "c.yaml", **{key: value})
+        assert planned_outputs(workdir, edited, target="results/report.html") == {}, key
+
+
 def test_rerunning_data_preparation_that_yields_the_same_shards_makes_nothing_stale(finished_run):
     """Last in this file: it rewrites the finished run's data files (with the same rows)."""
     workdir, _ = finished_run
