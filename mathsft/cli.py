@@ -6,8 +6,9 @@ import argparse
 import logging
 import os
 
-from mathsft.generate import ClientSettings, Sampling
-from mathsft.serve import check_no_secrets, serving
+from mathsft.generate import ClientSettings, Sampling, journal_fingerprint, sample
+from mathsft.journal import Journal, store_path
+from mathsft.serve import check_no_secrets, external_endpoint, serving
 
 
 def setup_logging() -> None:
@@ -98,3 +99,31 @@ def serving_from_args(args, default_log: str):
         raise SystemExit(str(exc)) from None
     return serving(args.model, args.endpoint, args.server_log or default_log, args.server_arg, env,
                    args.health_timeout_s, api_key=api_key_from_args(args), served_model_name=args.served_model_name)
+
+
+def model_id_from_args(args) -> str:
+    """The weights a job samples: what the user's server reports it loaded for --model (asked at once, so a wrong
+    URL, key or name fails here), else the --model a managed server loads."""
+    if args.endpoint:
+        return external_endpoint(args.endpoint, args.model, api_key_from_args(args)).model_id
+    return args.model
+
+
+def sample_from_args(args, rows: list[dict], output: str, schema, render) -> tuple[list[dict], dict]:
+    """Sample --samples_per_problem answers per row, reusing the sample store beside `output` (mathsft.journal):
+    the server, the user's or a managed one, is reached only when some sample is missing from it."""
+    sampling = sampling_from_args(args)
+    fingerprint = journal_fingerprint(rows, model_id_from_args(args), args.prompt_template, sampling, args.api,
+                                      [] if args.endpoint else args.server_arg)
+    store = Journal(store_path(output, fingerprint), fingerprint, schema=schema)
+    stored = store.load()
+    missing = [(i, k) for i in range(len(rows)) for k in range(sampling.samples_per_problem) if (i, k) not in stored]
+    settings = client_settings_from_args(args)
+    if not missing:
+        logging.getLogger(__name__).info("all %d samples are in the sample store %s: no server needed",
+                                         len(rows) * sampling.samples_per_problem, store.path)
+        return sample(rows, "", args.model, args.prompt_template, sampling, settings, journal=store, render=render)
+    with serving_from_args(args, default_log=output + ".server.log") as endpoint:
+        return sample(rows, endpoint.base_url, endpoint.served_model_name, args.prompt_template, sampling, settings,
+                      api_key=endpoint.api_key, check_alive=endpoint.check_alive, journal=store, render=render,
+                      model_id=endpoint.model_id)

@@ -7,11 +7,13 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 import random
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
+from mathsft.io import folder_digest
 from mathsft.prompts import build_messages
 
 if TYPE_CHECKING:
@@ -141,14 +143,17 @@ async def _sample_all(base_url, api_key, model, model_id, rows, todo, template, 
     return results
 
 
-def journal_fingerprint(rows: list[dict], model: str, template: str, sampling: Sampling, api: str = "chat"
-                        ) -> dict[str, Any]:
-    """What a journaled sample depends on. samples_per_problem is left out: more samples only add indices. Whole
-    rows are digested, not only the problem texts: a journaled record brings back its row's other fields (the gold
-    answer, the benchmark) too."""
+def journal_fingerprint(rows: list[dict], model: str, template: str, sampling: Sampling, api: str = "chat",
+                        server_args: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """What a stored sample depends on: the model (for a local folder, its files' digest too: a retrained model
+    keeps its path), template, API, sampling settings, server arguments, seed and rows. samples_per_problem is
+    left out: more samples only add indices, fewer keep indices < n. Whole rows are digested, not only the
+    problem texts: a stored record brings back its row's other fields (the gold answer, the benchmark) too."""
     rows_digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
-    return {"model": model, "template": template, "api": api, "temperature": sampling.temperature,
-            "top_p": sampling.top_p, "max_tokens": sampling.max_tokens, "seed": sampling.seed, "rows": rows_digest}
+    return {"model": model, "model_files": folder_digest(model) if os.path.isdir(model) else None,
+            "template": template, "api": api, "temperature": sampling.temperature, "top_p": sampling.top_p,
+            "max_tokens": sampling.max_tokens, "seed": sampling.seed, "ignore_eos": sampling.ignore_eos,
+            "server_args": list(server_args), "rows": rows_digest}
 
 
 def sample(rows: list[dict], base_url: str, model: str, template: str, sampling: Sampling,
@@ -185,7 +190,7 @@ def sample(rows: list[dict], base_url: str, model: str, template: str, sampling:
         results = asyncio.run(
             _sample_all(base_url, api_key, model, model_id or model, rows, todo, template, sampling, settings,
                         check_alive, progress, render)
-        )
+        ) if todo else []
     finally:
         bar.close()
         if journal is not None:

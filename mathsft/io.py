@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -87,6 +88,18 @@ def read_parquet(path: str | os.PathLike, schema: pa.Schema) -> pa.Table:
     if missing:
         raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; is this the output of the right stage?")
     return table.select(schema.names).cast(schema)
+
+
+def folder_digest(folder: str | os.PathLike) -> str:
+    """sha256 over a folder's files (relative names and contents, in name order): a model folder's identity."""
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode() + b"\0")
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 def write_json(obj: Any, path: str | os.PathLike) -> None:

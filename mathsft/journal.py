@@ -1,9 +1,13 @@
-"""A per-shard append-only journal of finished samples, so a killed generation job resumes without
-losing or repeating samples. It lives beside the declared output (Snakemake deletes declared outputs
-before a rerun) and is removed once the output is complete."""
+"""The sample store: per output (a teacher shard, a model's evaluation) and per fingerprint (the model and
+everything that decides a sample but how many are drawn), an append-only journal of finished samples. A killed
+job resumes from it without losing or repeating samples, and it stays after the output is complete: a rerun
+that asks for more samples per problem requests only the new indices, one that asks for fewer requests
+nothing, and switching a setting back reuses what was sampled under it. It lives in a `.samples` folder
+beside the output, never a declared output (Snakemake deletes those before a rerun)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -24,10 +28,11 @@ _NOT_NULL = ("row_index", "sample_index", "response")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def journal_path(output: str | os.PathLike) -> Path:
-    """Where the journal of `output` lives: a hidden file beside it, never a declared output."""
+def store_path(output: str | os.PathLike, fingerprint: dict[str, Any]) -> Path:
+    """Where the samples of `output` under `fingerprint` live: .samples/{output stem}.{digest}.jsonl beside it."""
     output = Path(output)
-    return output.with_name(f".{output.name}.journal.jsonl")
+    digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+    return output.parent / ".samples" / f"{output.stem}.{digest}.jsonl"
 
 
 def _fits(value: Any, type_: pa.DataType) -> bool:
@@ -172,6 +177,6 @@ class Journal:
             self._file = None
 
     def remove(self) -> None:
-        """Delete the journal once its samples are in the final output."""
+        """Delete the journal (the pipeline keeps it: see the module's docstring)."""
         self.close()
         self.path.unlink(missing_ok=True)

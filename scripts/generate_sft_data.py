@@ -17,9 +17,7 @@ import json
 import logging
 
 from mathsft import cli, data
-from mathsft.generate import journal_fingerprint, sample
 from mathsft.io import PROBLEM_SCHEMA, SCORED_SCHEMA, TRAJECTORY_SCHEMA, read_parquet, write_parquet
-from mathsft.journal import Journal, journal_path
 from mathsft.serve import exit_on_sigterm
 
 
@@ -46,16 +44,9 @@ def main() -> None:
     else:
         stream = data.reasoning_gym_problems(args.tasks, args.data_seed)
         rows = data.take_problems(stream, args.num_samples, data.Counts(), set())
-    sampling = cli.sampling_from_args(args)
-    render = cli.renderer_from_args(args)
-    with cli.serving_from_args(args, default_log=args.output + ".server.log") as endpoint:
-        # Finished samples survive a kill here; the rerun (snakemake --rerun-incomplete) requests only the rest.
-        journal = Journal(journal_path(args.output),
-                          journal_fingerprint(rows, endpoint.model_id, args.prompt_template, sampling, args.api))
-        records, summary = sample(rows, endpoint.base_url, endpoint.served_model_name, args.prompt_template, sampling,
-                                  cli.client_settings_from_args(args), api_key=endpoint.api_key,
-                                  check_alive=endpoint.check_alive, journal=journal, render=render,
-                                  model_id=endpoint.model_id)
+    # Finished samples go to the sample store as they arrive: a killed job, rerun, requests only the rest, and a
+    # rerun with more samples per problem only the new indices.
+    records, summary = cli.sample_from_args(args, rows, args.output, TRAJECTORY_SCHEMA, cli.renderer_from_args(args))
     if args.reward_threshold is None:
         write_parquet(records, args.output, TRAJECTORY_SCHEMA)
     else:
@@ -65,7 +56,6 @@ def main() -> None:
         kept = [r for r in records if r["reward"] >= args.reward_threshold and r["finish_reason"] == "stop"]
         summary["kept"] = len(kept)
         write_parquet(kept, args.output, SCORED_SCHEMA)
-    journal.remove()
     logging.info("summary %s", json.dumps({"shard": args.shard, "problems": len(rows), **summary}))
 
 

@@ -13,10 +13,8 @@ from pathlib import Path
 
 from mathsft import cli
 from mathsft.evaluate import check_document, eval_document, package_versions, print_summary
-from mathsft.generate import journal_fingerprint, sample
 from mathsft.io import (EVAL_GENERATION_SCHEMA, EVAL_SAMPLE_SCHEMA, EVAL_SCHEMA, PROBLEM_SCHEMA, read_parquet,
                         write_json, write_parquet)
-from mathsft.journal import Journal, journal_path
 from mathsft.reward import score_rows
 from mathsft.serve import exit_on_sigterm
 
@@ -47,25 +45,16 @@ def main() -> None:
     for path in args.benchmarks:
         for row in read_parquet(path, PROBLEM_SCHEMA).to_pylist():
             problems.append(row | {"benchmark": Path(path).stem})
-    sampling = cli.sampling_from_args(args)
-    with cli.serving_from_args(args, default_log=args.output + ".server.log") as endpoint:
-        # A killed evaluation resumes from the samples it journaled, as a teacher shard does.
-        journal = Journal(journal_path(args.output),
-                          journal_fingerprint(problems, endpoint.model_id, args.prompt_template, sampling, args.api),
-                          schema=EVAL_SAMPLE_SCHEMA)
-        records, summary = sample(problems, endpoint.base_url, endpoint.served_model_name, args.prompt_template,
-                                  sampling, cli.client_settings_from_args(args),
-                                  api_key=endpoint.api_key, check_alive=endpoint.check_alive,
-                                  render=cli.renderer_from_args(args), model_id=endpoint.model_id, journal=journal)
+    # Through the sample store, as a teacher shard: a killed evaluation resumes, more samples add only new indices.
+    records, summary = cli.sample_from_args(args, problems, args.output, EVAL_SAMPLE_SCHEMA,
+                                            cli.renderer_from_args(args))
     rows = [r | {"evaluated_model": label} for r in records]
     logging.info("summary %s", json.dumps({"model": label, **summary}))
     if not args.score:
         write_parquet(rows, args.output, EVAL_GENERATION_SCHEMA)
-        journal.remove()  # only now are its samples in the output
         return
     score_rows(rows, args.workers, args.reward_timeout_s)
     write_parquet(rows, args.output, EVAL_SCHEMA)
-    journal.remove()
     document = eval_document({label: rows}, {}, args.pass_k, None, package_versions(),
                              seed=args.seed)
     check_document(document)

@@ -13,12 +13,9 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
-import yaml
-from conftest import REPO
+from conftest import REPO, keyed_server
 
 from mathsft.io import PROBLEM_SCHEMA, write_parquet
-from mathsft.journal import journal_path
-from mathsft.serve import ManagedServer
 
 pytestmark = pytest.mark.e2e
 
@@ -37,11 +34,8 @@ TOTAL = sum(len(rows) for rows in BENCHMARKS.values()) * SAMPLES_PER_PROBLEM
 @pytest.fixture(scope="module")
 def endpoint(tmp_path_factory, student_dir):
     """A real vLLM server (the student: small and quick) with the embedded default's CPU settings."""
-    server = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["server"]
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    with ManagedServer(str(student_dir), "m", log, args=server["args"], env=server["env"], health_timeout_s=300,
-                       api_key=API_KEY) as s:
-        yield s
+    with keyed_server(student_dir, tmp_path_factory.mktemp("server") / "server.log", API_KEY) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +58,15 @@ def _env():
     return os.environ | {"MATHSFT_TEST_API_KEY": API_KEY}
 
 
-def _journaled(journal) -> int:
-    """Complete sample lines in the journal (its header aside; a line torn by a kill has no newline)."""
+def _store_file(output):
+    """The sample store's file for `output` (one fingerprint here), or a path that does not exist yet."""
+    found = sorted((output.parent / ".samples").glob(f"{output.stem}.*.jsonl"))
+    return found[0] if found else output.parent / ".samples" / "none-yet.jsonl"
+
+
+def _journaled(output) -> int:
+    """Complete sample lines in the store (its header aside; a line torn by a kill has no newline)."""
+    journal = _store_file(output)
     return journal.read_bytes().count(b"\n") - 1 if journal.exists() else 0
 
 
@@ -81,20 +82,19 @@ def test_killed_evaluation_resumes_without_losing_or_repeating_samples(tmp_path,
     assert API_KEY not in result.stdout + result.stderr and API_KEY.encode() not in reference.read_bytes()
     expected = _rows(reference)
     assert len({(r["problem_id"], r["sample_index"]) for r in expected}) == len(expected) == TOTAL
-    assert not journal_path(reference).exists()
+    assert _journaled(reference) == TOTAL  # the store keeps them
 
     output = tmp_path / "resumed.parquet"
-    journal = journal_path(output)
     rng = random.Random(2)
     kills = 0
     for _ in range(5):
         # Kill once 1 to 3 more samples are journaled (at most 15 of 18: the job is always still running).
-        target = _journaled(journal) + rng.randint(1, 3)
+        target = _journaled(output) + rng.randint(1, 3)
         proc = subprocess.Popen(_evaluate_command(benchmarks, output, endpoint, concurrency=1), env=_env(),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 120
         while proc.poll() is None and time.monotonic() < deadline:
-            if _journaled(journal) >= target:
+            if _journaled(output) >= target:
                 break
             time.sleep(0.05)
         if proc.poll() is None:
@@ -104,7 +104,7 @@ def test_killed_evaluation_resumes_without_losing_or_repeating_samples(tmp_path,
         assert not output.exists()  # no final file from an unfinished evaluation
     assert kills == 5, "the evaluation finished before it could be killed five times"
 
-    journaled = _journaled(journal)
+    journaled = _journaled(output)
     result = subprocess.run(_evaluate_command(benchmarks, output, endpoint, concurrency=1), env=_env(), check=True,
                             capture_output=True, text=True)
     summary_line = next(line for line in result.stderr.splitlines() if " summary " in line)
@@ -115,4 +115,4 @@ def test_killed_evaluation_resumes_without_losing_or_repeating_samples(tmp_path,
     assert rows == expected  # same seeds, same samples, in the same order, as the uninterrupted run
     benchmark_of = {row["problem_id"]: name for name, problems in BENCHMARKS.items() for row in problems}
     assert all(r["benchmark"] == benchmark_of[r["problem_id"]] and r["evaluated_model"] == "student" for r in rows)
-    assert not journal.exists()  # removed once the output was written
+    assert _journaled(output) == TOTAL  # kept, for a rerun that asks for more samples

@@ -10,11 +10,8 @@ import shutil
 
 import pyarrow.parquet as pq
 import pytest
-import yaml
-from conftest import REPO, TINY
+from conftest import TINY, keyed_server
 from workflow import edited_config, snakemake
-
-from mathsft.serve import ManagedServer
 
 pytestmark = pytest.mark.e2e
 SERVED_NAME = "my-teacher"
@@ -35,11 +32,9 @@ def user_model(tmp_path_factory, student_dir):
 @pytest.fixture(scope="module")
 def user_server(tmp_path_factory, user_model):
     """What a user runs by hand: vLLM serving a model under another name, with a key."""
-    server = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["server"]
-    log = tmp_path_factory.mktemp("user_server") / "server.log"
-    with ManagedServer(str(user_model), SERVED_NAME, log, args=server["args"], env=server["env"],
-                       health_timeout_s=300, api_key=API_KEY) as s:
-        yield s
+    with keyed_server(user_model, tmp_path_factory.mktemp("user_server") / "server.log", API_KEY,
+                      served_model_name=SERVED_NAME) as server:
+        yield server
 
 
 def _config(tmp_path, user_server, model=SERVED_NAME):

@@ -6,7 +6,7 @@ import stat
 import pytest
 
 from mathsft.io import EVAL_SAMPLE_SCHEMA, TRAJECTORY_SCHEMA, write_parquet
-from mathsft.journal import Journal, journal_path
+from mathsft.journal import Journal, store_path
 
 FINGERPRINT = {"model": "m", "temperature": 0.6, "rows": "abc"}
 
@@ -33,8 +33,11 @@ def _journal_with_lines(path, lines: list[bytes]) -> None:
         f.write(json.dumps(_record(2, 0)).encode() + b"\n")
 
 
-def test_journal_lives_beside_the_output_as_a_hidden_file(tmp_path):
-    assert journal_path(tmp_path / "00003.parquet") == tmp_path / ".00003.parquet.journal.jsonl"
+def test_the_store_lives_beside_the_output_one_file_per_fingerprint(tmp_path):
+    path = store_path(tmp_path / "00003.parquet", FINGERPRINT)
+    assert path.parent == tmp_path / ".samples" and path.name.startswith("00003.") and path.suffix == ".jsonl"
+    assert store_path(tmp_path / "00003.parquet", dict(reversed(FINGERPRINT.items()))) == path
+    assert store_path(tmp_path / "00003.parquet", FINGERPRINT | {"temperature": 0.7}) != path
 
 
 def test_records_survive_a_reopen_and_the_first_of_duplicates_wins(tmp_path):

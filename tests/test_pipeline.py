@@ -4,6 +4,8 @@ then the rerun table of DESIGN.md, one dry run per config edit against the finis
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 
 import pyarrow.parquet as pq
@@ -142,6 +144,25 @@ def test_speed_only_keys_rerun_nothing_eval_summary_and_the_report_included(fini
                        ("eval.max_attempts", 2), ("server.health_timeout_s", 77), ("train.checkpoint_every", 1)):
         edited = edited_config(TINY, tmp_path / "c.yaml", **{key: value})
         assert planned_outputs(workdir, edited, target="results/report.html") == {}, key
+
+
+def test_fewer_teacher_samples_per_problem_request_nothing_through_snakemake(finished_run, tmp_path):
+    """The sample store survives Snakemake deleting the teacher's outputs before the rerun (in a copy of the run:
+    the models linked, the rest copied, so the finished run stays as it is)."""
+    workdir, _ = finished_run
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy, symlinks=True, ignore=shutil.ignore_patterns("base_models", "models"))
+    for folder in ("base_models", "models"):
+        shutil.copytree(workdir / "results" / folder, copy / "results" / folder, copy_function=os.link)
+    edited = edited_config(TINY, tmp_path / "c.yaml", **{"teacher.samples_per_problem": 1})
+    result = snakemake(copy, edited, "--until", "teacher", timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for shard in ("00000", "00001"):
+        log = (copy / "logs" / "teacher" / f"{shard}.log").read_text()
+        assert "no server needed" in log and "starting vLLM" not in log
+        kept = pq.read_table(copy / "results" / "teacher" / f"{shard}.parquet").to_pylist()
+        before = pq.read_table(workdir / "results" / "teacher" / f"{shard}.parquet").to_pylist()
+        assert kept == [row for row in before if row["sample_index"] == 0]
 
 
 def test_rerunning_data_preparation_that_yields_the_same_shards_makes_nothing_stale(finished_run):

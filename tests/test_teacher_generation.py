@@ -15,12 +15,11 @@ import time
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, keyed_server
 from faultproxy import FaultProxy
 
 from mathsft.generate import ClientSettings, Sampling, sample
 from mathsft.io import PROBLEM_SCHEMA, write_parquet
-from mathsft.journal import journal_path
 from mathsft.serve import ManagedServer
 
 MAX_TOKENS = 48
@@ -32,11 +31,8 @@ ROWS = [{"problem_id": f"{i:016x}", "source": "s", "problem": f"What is {i} + {2
 @pytest.fixture(scope="module")
 def endpoint(tmp_path_factory, student_dir):
     """A real vLLM server (the student: small and quick) with the embedded default's CPU settings."""
-    server = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["server"]
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    with ManagedServer(str(student_dir), "m", log, args=server["args"], env=server["env"], health_timeout_s=300,
-                       api_key=API_KEY) as s:
-        yield s
+    with keyed_server(student_dir, tmp_path_factory.mktemp("server") / "server.log", API_KEY) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +51,12 @@ def _generate_command(shard, output, endpoint, concurrency):
 
 def _run(command, **kwargs):
     return subprocess.run(command, env=os.environ | {"MATHSFT_TEST_API_KEY": API_KEY}, **kwargs)
+
+
+def _store_file(output):
+    """The sample store's file for `output` (one fingerprint here), or a path that does not exist yet."""
+    found = sorted((output.parent / ".samples").glob(f"{output.stem}.*.jsonl"))
+    return found[0] if found else output.parent / ".samples" / "none-yet.jsonl"
 
 
 def _texts(path):
@@ -77,11 +79,11 @@ def test_killed_generation_resumes_without_losing_or_repeating_samples(tmp_path,
     assert len(expected) == 6 * 3
 
     output = tmp_path / "resumed.parquet"
-    journal = journal_path(output)
     rng = random.Random(1)
     kills = 0
     for _ in range(5):
         # Kill once 1 to 3 more samples are journaled (at most 15 of 18: the job is always still running).
+        journal = _store_file(output)
         done = journal.read_text().count("\n") - 1 if journal.exists() else 0
         target = done + rng.randint(1, 3)
         proc = subprocess.Popen(_generate_command(shard, output, endpoint, concurrency=1),
@@ -89,6 +91,7 @@ def test_killed_generation_resumes_without_losing_or_repeating_samples(tmp_path,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 120
         while proc.poll() is None and time.monotonic() < deadline:
+            journal = _store_file(output)
             if journal.exists() and journal.read_text().count("\n") - 1 >= target:
                 break
             time.sleep(0.05)
@@ -102,7 +105,7 @@ def test_killed_generation_resumes_without_losing_or_repeating_samples(tmp_path,
     rows = pq.read_table(output).to_pylist()
     assert len(rows) == len({(r["problem_id"], r["sample_index"]) for r in rows}) == 18  # none lost or repeated
     assert _texts(output) == expected  # same seeds, same texts as the uninterrupted run
-    assert not journal.exists()
+    assert _store_file(output).read_text().count("\n") == 1 + 18  # kept: its header and every sample
 
 
 def test_injected_faults_are_retried_or_counted_and_never_stored(endpoint):
@@ -155,3 +158,57 @@ def test_a_server_that_dies_mid_shard_fails_the_job_with_its_log(tmp_path, stude
                    check_alive=managed.check_alive)
         assert time.monotonic() - started < 30  # not after the request timeout or the retries
     assert "server.log" in str(error.value)
+
+
+def _summary(result):
+    line = next(line for line in result.stderr.splitlines() if " summary " in line)
+    return json.loads(line.split(" summary ", 1)[1])
+
+
+def _with_samples(command, samples):
+    command = list(command)
+    command[command.index("--samples_per_problem") + 1] = str(samples)
+    return command
+
+
+def test_more_samples_per_problem_request_only_the_new_indices_and_fewer_request_nothing(tmp_path, shard, endpoint):
+    output = tmp_path / "00000.parquet"
+    command = _generate_command(shard, output, endpoint, concurrency=18)
+    first = _run(_with_samples(command, 2), check=True, capture_output=True, text=True)
+    assert _summary(first)["requested"] == 12 and _summary(first)["resumed"] == 0
+    two = pq.read_table(output).to_pylist()
+
+    more = _run(_with_samples(command, 4), check=True, capture_output=True, text=True)
+    assert _summary(more)["resumed"] == 12 and _summary(more)["succeeded"] == 24  # 12 new requests
+    four = pq.read_table(output).to_pylist()
+    assert [r for r in four if r["sample_index"] < 2] == two  # the kept samples, byte for byte
+
+    fresh = tmp_path / "fresh" / "00000.parquet"  # another store: everything sampled anew at n = 4
+    _run(_with_samples(_generate_command(shard, fresh, endpoint, concurrency=18), 4), check=True, capture_output=True)
+    without_timing = [{k: v for k, v in r.items() if k != "latency_s"} for r in four]
+    assert [{k: v for k, v in r.items() if k != "latency_s"} for r in pq.read_table(fresh).to_pylist()] == without_timing
+
+    fewer = _run(_with_samples(command, 1), check=True, capture_output=True, text=True)
+    assert _summary(fewer)["resumed"] == 6 == _summary(fewer)["requested"]
+    assert "no server needed" in fewer.stderr
+    assert pq.read_table(output).to_pylist() == [r for r in four if r["sample_index"] < 1]
+
+
+def test_a_job_whose_samples_are_all_stored_starts_no_managed_server(tmp_path, shard, student_dir):
+    server = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["server"]
+    output = tmp_path / "00000.parquet"
+    command = [sys.executable, str(REPO / "scripts" / "generate_sft_data.py"), "--shard", str(shard), "--output",
+               str(output), "--model", str(student_dir), "--samples_per_problem", "2", "--max_tokens", "8",
+               "--seed", "7", *[f"--server_arg={arg}" for arg in server["args"]],
+               *[f"--server_env={key}={value}" for key, value in server["env"].items()]]
+    first = subprocess.run(command, check=True, capture_output=True, text=True)
+    assert "starting vLLM" in first.stderr and _summary(first)["resumed"] == 0
+    started = time.monotonic()
+    fewer = subprocess.run(_with_samples(command, 1), check=True, capture_output=True, text=True)
+    assert "starting vLLM" not in fewer.stderr and "no server needed" in fewer.stderr
+    assert time.monotonic() - started < 30  # a managed server alone takes about a minute to start here
+    assert len(pq.read_table(output)) == 6 and _summary(fewer)["resumed"] == 6
+    changed = subprocess.run(command + ["--temperature", "0.9"], check=True, capture_output=True, text=True)
+    assert "starting vLLM" in changed.stderr and _summary(changed)["resumed"] == 0  # another setting: sampled anew
+    back = subprocess.run(command, check=True, capture_output=True, text=True)
+    assert "starting vLLM" not in back.stderr and _summary(back)["resumed"] == 12  # switching back costs nothing
