@@ -211,7 +211,8 @@ class ManagedServer:
         while time.monotonic() < deadline:
             self.check_alive()
             answer = self._answer(self.api_key)
-            if answer is not None:
+            # A server error (5xx) may be a server still starting; a refusal or a list is an answer to judge.
+            if answer is not None and not (isinstance(answer, int) and answer >= 500):
                 self._check_it_is_ours(answer)
                 log.info("vLLM ready after %.1f s", time.monotonic() - self.started_at)
                 return
