@@ -122,8 +122,9 @@ def sample_from_args(args, rows: list[dict], output: str, schema, render) -> tup
     if not missing:
         logging.getLogger(__name__).info("all %d samples are in the sample store %s: no server needed",
                                          len(rows) * sampling.samples_per_problem, store.path)
-        return sample(rows, "", args.model, args.prompt_template, sampling, settings, journal=store, render=render)
+        return sample(rows, "", args.model, args.prompt_template, sampling, settings, journal=store, render=render,
+                      stored=stored)
     with serving_from_args(args, default_log=output + ".server.log") as endpoint:
         return sample(rows, endpoint.base_url, endpoint.served_model_name, args.prompt_template, sampling, settings,
                       api_key=endpoint.api_key, check_alive=endpoint.check_alive, journal=store, render=render,
-                      model_id=endpoint.model_id)
+                      model_id=endpoint.model_id, stored=stored)

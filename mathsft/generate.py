@@ -161,7 +161,8 @@ def sample(rows: list[dict], base_url: str, model: str, template: str, sampling:
            check_alive: Callable[[], None] | None = None,
            journal: "Journal | None" = None,
            render: Callable[[list[dict]], str] | None = None,
-           model_id: str | None = None) -> tuple[list[dict], dict[str, Any]]:
+           model_id: str | None = None,
+           stored: dict[tuple[int, int], dict] | None = None) -> tuple[list[dict], dict[str, Any]]:
     """Sample `samples_per_problem` responses for each problem row from `model` (the name requests use; records
     keep `model_id`, the weights behind it, with the served name beside it where the two differ). Returns the successful records (each
     row's own fields + the sample's), ordered by (row, sample index), and a summary; raises
@@ -170,7 +171,8 @@ def sample(rows: list[dict], base_url: str, model: str, template: str, sampling:
     (messages -> prompt text, e.g. a chat template), the text-completions API is used instead of chat."""
     from tqdm import tqdm
 
-    done = journal.load() if journal is not None else {}
+    # `stored`: what the caller already loaded from the journal (it decided from it whether a server is needed).
+    done = stored if stored is not None else journal.load() if journal is not None else {}
     wanted = [(i, k) for i in range(len(rows)) for k in range(sampling.samples_per_problem)]
     todo = [key for key in wanted if key not in done]
     total = len(wanted)

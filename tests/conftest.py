@@ -24,6 +24,12 @@ def converted_model(name: str) -> Path:
     return out
 
 
+def store_file(output: Path) -> Path:
+    """The sample store's file for `output` (one fingerprint in these tests), or a path that does not exist yet."""
+    found = sorted((output.parent / ".samples").glob(f"{output.stem}.*.jsonl"))
+    return found[0] if found else output.parent / ".samples" / "none-yet.jsonl"
+
+
 def keyed_server(model_dir: Path, log: Path, api_key: str, served_model_name: str = "m"):
     """A real vLLM server with the embedded default's CPU settings that demands `api_key`: a stand-in for a server
     a user runs (ManagedServer, used as a context manager)."""

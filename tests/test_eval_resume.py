@@ -13,7 +13,7 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO, keyed_server
+from conftest import REPO, keyed_server, store_file
 
 from mathsft.io import PROBLEM_SCHEMA, write_parquet
 
@@ -58,15 +58,9 @@ def _env():
     return os.environ | {"MATHSFT_TEST_API_KEY": API_KEY}
 
 
-def _store_file(output):
-    """The sample store's file for `output` (one fingerprint here), or a path that does not exist yet."""
-    found = sorted((output.parent / ".samples").glob(f"{output.stem}.*.jsonl"))
-    return found[0] if found else output.parent / ".samples" / "none-yet.jsonl"
-
-
 def _journaled(output) -> int:
     """Complete sample lines in the store (its header aside; a line torn by a kill has no newline)."""
-    journal = _store_file(output)
+    journal = store_file(output)
     return journal.read_bytes().count(b"\n") - 1 if journal.exists() else 0
 
 

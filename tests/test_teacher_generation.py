@@ -15,7 +15,7 @@ import time
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import REPO, keyed_server
+from conftest import REPO, keyed_server, store_file
 from faultproxy import FaultProxy
 
 from mathsft.generate import ClientSettings, Sampling, sample
@@ -53,12 +53,6 @@ def _run(command, **kwargs):
     return subprocess.run(command, env=os.environ | {"MATHSFT_TEST_API_KEY": API_KEY}, **kwargs)
 
 
-def _store_file(output):
-    """The sample store's file for `output` (one fingerprint here), or a path that does not exist yet."""
-    found = sorted((output.parent / ".samples").glob(f"{output.stem}.*.jsonl"))
-    return found[0] if found else output.parent / ".samples" / "none-yet.jsonl"
-
-
 def _texts(path):
     return {(r["problem_id"], r["sample_index"]): r["response"] for r in pq.read_table(path).to_pylist()}
 
@@ -83,7 +77,7 @@ def test_killed_generation_resumes_without_losing_or_repeating_samples(tmp_path,
     kills = 0
     for _ in range(5):
         # Kill once 1 to 3 more samples are journaled (at most 15 of 18: the job is always still running).
-        journal = _store_file(output)
+        journal = store_file(output)
         done = journal.read_text().count("\n") - 1 if journal.exists() else 0
         target = done + rng.randint(1, 3)
         proc = subprocess.Popen(_generate_command(shard, output, endpoint, concurrency=1),
@@ -91,7 +85,7 @@ def test_killed_generation_resumes_without_losing_or_repeating_samples(tmp_path,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 120
         while proc.poll() is None and time.monotonic() < deadline:
-            journal = _store_file(output)
+            journal = store_file(output)
             if journal.exists() and journal.read_text().count("\n") - 1 >= target:
                 break
             time.sleep(0.05)
@@ -105,7 +99,7 @@ def test_killed_generation_resumes_without_losing_or_repeating_samples(tmp_path,
     rows = pq.read_table(output).to_pylist()
     assert len(rows) == len({(r["problem_id"], r["sample_index"]) for r in rows}) == 18  # none lost or repeated
     assert _texts(output) == expected  # same seeds, same texts as the uninterrupted run
-    assert _store_file(output).read_text().count("\n") == 1 + 18  # kept: its header and every sample
+    assert store_file(output).read_text().count("\n") == 1 + 18  # kept: its header and every sample
 
 
 def test_injected_faults_are_retried_or_counted_and_never_stored(endpoint):
