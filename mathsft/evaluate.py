@@ -1,6 +1,6 @@
 """Evaluation metrics per model x benchmark (pass@1 with its standard error, unbiased pass@k, maj@k, response
-length, truncation and no-answer rates), the results/eval.json document, its schema check, and the tables
-printed at the end of a run."""
+length, truncation and no-answer rates), the results/eval.json document with its paired comparisons
+(mathsft.compare), its schema check, and the tables printed at the end of a run."""
 
 from __future__ import annotations
 
@@ -11,14 +11,19 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Iterable
 
+from mathsft.compare import comparison_methods, document_comparisons
 from mathsft.reward import STATUSES
 
-EVAL_JSON_VERSION = 2
+EVAL_JSON_VERSION = 3
 EVAL_JSON_SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "eval.schema.json"
 # The reward stage's verdicts; anything else means the samples were scored by other code.
 VERIFIER_STATUSES = STATUSES
 SAMPLING_KEYS = ("temperature", "top_p", "max_tokens", "prompt_template", "api")
 SUMMARY_HEADING = "pass@1 (%) ± stderr, mean over n samples per problem"
+COMPARISONS_HEADING = ("paired comparisons: pass@1 delta (points, model - baseline) ± stderr over problems, 95% CI "
+                       "(paired bootstrap), p (sign-flip permutation test)")
+# The bootstrap and permutation seed when the sampling seed is unknown.
+DEFAULT_COMPARISON_SEED = 0
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -135,7 +140,8 @@ def _sampling(label: str, rows: list[dict], seed: int | None) -> dict:
 def eval_document(rows_by_model: dict[str, list[dict]], model_ids: dict[str, str], pass_k: list[int],
                   config_hash: str | None, versions: dict[str, str], seed: int | None = None) -> dict:
     """The results/eval.json document (schema: schemas/eval.schema.json). `seed` is the base sampling seed
-    the per-request seeds derive from; when given, every row's seed is checked against it."""
+    the per-request seeds derive from; when given, every row's seed is checked against it, and it seeds the
+    comparisons' bootstrap and permutations (else DEFAULT_COMPARISON_SEED does)."""
     models = {}
     for label, rows in rows_by_model.items():
         by_bench: dict[str, list[dict]] = defaultdict(list)
@@ -148,8 +154,10 @@ def eval_document(rows_by_model: dict[str, list[dict]], model_ids: dict[str, str
         }
         if rows[0].get("served_model_name"):
             models[label]["served_model_name"] = rows[0]["served_model_name"]
+    comparison_seed = DEFAULT_COMPARISON_SEED if seed is None else seed
     return {"schema_version": EVAL_JSON_VERSION, "config_hash": config_hash, "pass_k": sorted(set(pass_k)),
-            "models": models, "versions": versions}
+            "models": models, "comparison_methods": comparison_methods(comparison_seed),
+            "comparisons": document_comparisons(rows_by_model, comparison_seed), "versions": versions}
 
 
 def schema_errors(document: dict, schema_path: str | Path = EVAL_JSON_SCHEMA) -> list[str]:
@@ -210,13 +218,40 @@ def metrics_rows(document: dict) -> list[list[str]]:
     return rows
 
 
+def comparison_rows(comparisons: list[dict]) -> list[list[str]]:
+    """Each comparison as text cells (percentage points), header first: the comparisons table of the terminal
+    and of the report."""
+    rows = [["model", "baseline", "benchmark", "problems", "pass@1", "baseline pass@1", "delta ± se", "95% CI", "p"]]
+    for c in comparisons:
+        low, high = c["ci95"]
+        rows.append([c["model"], c["baseline"], c["benchmark"], str(c["problems"]), f"{100 * c['model_pass@1']:.1f}",
+                     f"{100 * c['baseline_pass@1']:.1f}",
+                     f"{100 * c['pass@1_delta']:+.1f} ± {100 * c['pass@1_delta_stderr']:.1f}",
+                     f"[{100 * low:+.1f}, {100 * high:+.1f}]",
+                     f"{c['p_value']:.3g}" + ("" if c["p_value_exact"] else " (sampled)")])
+    return rows
+
+
+def print_comparisons(comparisons: list[dict], file=None) -> None:
+    """The paired comparisons table, or a line saying why there is none."""
+    file = file or sys.stdout
+    print(COMPARISONS_HEADING, file=file)
+    if not comparisons:
+        print("(none: needs the student or the teacher and another model evaluated on the same benchmark)", file=file)
+        return
+    print(_text_table(comparison_rows(comparisons)), file=file)
+
+
 def print_summary(document: dict, file=None) -> None:
-    """The end-of-run tables: pass@1 ± stderr per model x benchmark, then every metric (in %)."""
+    """The end-of-run tables: pass@1 ± stderr per model x benchmark, every metric (in %), then the paired
+    comparisons of each model with the student (and teacher)."""
     file = file or sys.stdout
     print(SUMMARY_HEADING, file=file)
     print(summary_table(document), file=file)
     print("\nall metrics (%; tokens: mean response length)", file=file)
     print(_text_table(metrics_rows(document)), file=file)
+    print("", file=file)
+    print_comparisons(document.get("comparisons", []), file=file)
 
 
 def _text_table(lines: list[list[str]]) -> str:

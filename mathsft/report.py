@@ -1,5 +1,6 @@
-"""The run report: metrics table and bars, response-length histograms, training curves and the curation funnel
-of one run, as a single self-contained HTML page (plots are inline SVG; nothing is fetched when it opens)."""
+"""The run report: metrics table and bars, paired comparisons with the student and teacher, response-length
+histograms, training curves and the curation funnel of one run, as a single self-contained HTML page (plots are
+inline SVG; nothing is fetched when it opens)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from mathsft.evaluate import metric_columns, metrics_rows
+from mathsft.evaluate import comparison_rows, metric_columns, metrics_rows
 from mathsft.io import atomic_path
 
 # Steps of the curation funnel in stats.json, each a subset of the one before; "fits" (within
@@ -107,6 +108,8 @@ def render_report(document: dict, lengths: dict[tuple[str, str], list[tuple[int,
         _table(metrics_rows(document), text_columns=2, table_id="metrics-table"),
         _figure("metric-bars", metric_bars_figure(document, colors),
                 "pass@1 with ± 1 standard error per model x benchmark; pass@k and maj@k at the largest k evaluated."),
+        '<h2 id="comparisons">Paired comparisons</h2>',
+        *_comparison_parts(document),
         '<h2 id="lengths">Response lengths</h2>',
     ]
     if lengths:
@@ -162,6 +165,37 @@ def metric_bars_figure(document: dict, colors: dict[str, str]):
         ax.set_ylabel("%")
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize="small")
+    return fig
+
+
+def comparison_figure(comparisons: list[dict]):
+    """One bar per model-vs-baseline pair in each benchmark's group: the pass@1 delta in points with its 95%
+    interval as error bar, a line at zero and each bar's p beyond its interval."""
+    pairs = list(dict.fromkeys((c["model"], c["baseline"]) for c in comparisons))
+    benches = sorted({c["benchmark"] for c in comparisons})
+    by_key = {(c["model"], c["baseline"], c["benchmark"]): c for c in comparisons}
+    fig = _new_figure(1, width_per_panel=max(4.5, 0.6 * len(benches) * len(pairs) + 2.5), height=3.6)
+    ax = fig.subplots()
+    width = 0.8 / len(pairs)
+    for i, (model, baseline) in enumerate(pairs):
+        drawn = [(j, by_key[(model, baseline, bench)]) for j, bench in enumerate(benches)
+                 if (model, baseline, bench) in by_key]
+        for j, c in drawn:
+            x, delta = j + (i - (len(pairs) - 1) / 2) * width, 100 * c["pass@1_delta"]
+            low, high = (100 * bound for bound in c["ci95"])
+            ax.bar(x, delta, width, color=PALETTE[i % len(PALETTE)],
+                   label=f"{model} − {baseline}" if j == drawn[0][0] else None,
+                   yerr=[[delta - low], [high - delta]], capsize=3, error_kw={"elinewidth": 1})
+            # p beyond the interval's far end from zero, clear of the bar and its error bar.
+            above = delta >= 0
+            ax.annotate(f"p={c['p_value']:.2g}", (x, high if above else low), xytext=(0, 3 if above else -3),
+                        textcoords="offset points", ha="center", va="bottom" if above else "top", fontsize="x-small")
+    ax.axhline(0, color="#333333", linewidth=1)
+    ax.set_xticks(range(len(benches)), benches, rotation=20, ha="right")
+    ax.set_ylabel("pass@1 delta (points)")
+    ax.margins(y=0.15)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize="small")
     return fig
 
 
@@ -232,6 +266,28 @@ def funnel_figure(steps: list[tuple[str, int]]):
     ax.set_xlim(0, max(counts + [1]) * 1.25)
     ax.set_xlabel("trajectories")
     return fig
+
+
+def _comparison_parts(document: dict) -> list[str]:
+    """The comparisons' note, plot and table; a note alone where eval.json has none (schema version 2 had none)."""
+    if "comparisons" not in document:
+        return [f'<p class="note">eval.json schema version {_e(document.get("schema_version"))} has no paired '
+                "comparisons; summarize the evaluation again (scripts/summarize_eval.py) to add them.</p>"]
+    comparisons = document["comparisons"]
+    if not comparisons:
+        return ['<p class="note">No paired comparisons: they need the student or the teacher and another model '
+                "evaluated on the same benchmark.</p>"]
+    methods = document.get("comparison_methods", {})
+    note = ("Each model against the student (and the teacher), paired over the problems both were evaluated on: "
+            "the delta is the mean per-problem difference in pass@1, in percentage points, ± its standard error "
+            f"({methods.get('pass@1_delta_stderr', '')}). 95% CI: {methods.get('ci95', '')}. "
+            f"p: {methods.get('p_value', '')}.")
+    return [f'<p class="note">{_e(note)}</p>',
+            _figure("comparisons", comparison_figure(comparisons),
+                    "pass@1 delta (model − baseline, points) per benchmark with its paired-bootstrap 95% interval; "
+                    "p from the sign-flip permutation test. A bar whose interval reaches the zero line is not told "
+                    "apart from its baseline."),
+            _table(comparison_rows(comparisons), text_columns=3, table_id="comparisons-table")]
 
 
 def _curation_parts(stats: dict) -> list[str]:

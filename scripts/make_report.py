@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""Write results/report.html: one self-contained page with the metrics table and bars, response-length
-histograms, training loss and learning-rate curves, and the curation funnel of a run."""
+"""Write results/report.html: one self-contained page with the metrics table and bars, the paired comparisons
+with the student and teacher (delta bars with 95% intervals, and their table), response-length histograms,
+training loss and learning-rate curves, and the curation funnel of a run."""
 
 from __future__ import annotations
 

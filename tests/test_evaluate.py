@@ -158,6 +158,12 @@ def test_a_produced_eval_json_follows_its_schema():
     (lambda d: d["models"]["sft"]["benchmarks"]["b"]["verifier_status"].update(error=1), "verifier_status"),
     (lambda d: d["models"]["student"]["sampling"].pop("seed"), "'seed' is a required property"),
     (lambda d: d["models"].clear(), "models"),
+    (lambda d: d.pop("comparisons"), "'comparisons' is a required property"),
+    (lambda d: d["comparisons"][0].update(ci95=[0.0]), "comparisons/0/ci95"),
+    (lambda d: d["comparisons"][0].update(p_value=0.0), "comparisons/0/p_value"),
+    (lambda d: d["comparisons"][0].update(baseline="sft"), "comparisons/0/baseline"),
+    (lambda d: d["comparisons"][0].update({"pass@1_delta": -1.5}), "comparisons/0/pass@1_delta"),
+    (lambda d: d["comparison_methods"].pop("seed"), "'seed' is a required property"),
 ])
 def test_a_broken_eval_json_does_not_follow_the_schema(breakage, where):
     document = copy.deepcopy(_document())
@@ -183,16 +189,49 @@ def test_summarize_eval_writes_a_valid_eval_json_and_prints_both_tables(tmp_path
     document = json.loads((tmp_path / "eval.json").read_text())
     assert schema_errors(document) == []
     assert set(document["models"]) == {"student", "sft"}
+    assert [(c["model"], c["baseline"], c["benchmark"]) for c in document["comparisons"]] == [("sft", "student", "b")]
+    assert document["comparison_methods"]["seed"] == 0
     assert "pass@1 (%) ± stderr" in result.stdout and "maj@4" in result.stdout
+    assert "paired comparisons" in result.stdout and "[+0.0, +0.0]" in result.stdout
     wrong_seed = subprocess.run([sys.executable, SUMMARIZE, "--inputs", *inputs, "--output",
                                  str(tmp_path / "other.json"), "--seed", "5"], capture_output=True, text=True)
     assert wrong_seed.returncode != 0 and "base seed 5" in wrong_seed.stderr
     assert not (tmp_path / "other.json").exists()
 
 
-def test_the_end_of_run_summary_prints_pass_at_1_then_every_metric(capsys):
+def test_the_end_of_run_summary_prints_pass_at_1_then_every_metric_then_the_comparisons(capsys):
     document = _document()
     print_summary(document)
     out = capsys.readouterr().out
     assert out.startswith("pass@1 (%) ± stderr") and summary_table(document) in out
     assert "maj@2" in out and "no answer" in out
+    comparisons = out[out.index("paired comparisons"):].splitlines()
+    assert comparisons[1].split() == ["model", "baseline", "benchmark", "problems", "pass@1", "baseline", "pass@1",
+                                      "delta", "±", "se", "95%", "CI", "p"]
+    assert comparisons[2].split() == ["sft", "student", "b", "2", "37.5", "37.5", "+0.0", "±", "0.0", "[+0.0,",
+                                      "+0.0]", "1"]
+
+
+def _teacher_student_sft_document():
+    """student solves a of (a, b, c, d), the SFT model a and b and the teacher a, b and c, one sample each."""
+    rewards = {"student": [1, 0, 0, 0], "sft": [1, 1, 0, 0], "teacher": [1, 1, 1, 0]}
+    rows = {label: _rows(dict(zip("abcd", ([r] for r in values)))) for label, values in rewards.items()}
+    return eval_document(rows, {}, [1], None, {"python": "3"}, seed=0)
+
+
+def test_eval_json_compares_each_model_with_student_and_teacher_and_the_teacher_with_the_student():
+    document = _teacher_student_sft_document()
+    assert schema_errors(json.loads(json.dumps(document))) == []
+    deltas = {(c["model"], c["baseline"]): c["pass@1_delta"] for c in document["comparisons"]}
+    assert deltas == {("sft", "student"): 0.25, ("sft", "teacher"): -0.25, ("teacher", "student"): 0.5}
+    # teacher - student: differences [0, 1, 1, 0]; |sum| >= 2 for 2 of the 4 sign vectors of the two non-zero ones.
+    teacher = document["comparisons"][2]
+    assert teacher["p_value"] == 0.5 and teacher["p_value_exact"]
+    assert teacher["pass@1_delta_stderr"] == pytest.approx(math.sqrt(1 / 3) / 2)  # sd of [0, 1, 1, 0] is sqrt(1/3)
+
+
+def test_a_model_evaluated_on_other_problems_than_the_student_is_refused_by_name():
+    student = _rows({"a": [1, 0]})
+    sft = _rows({"z": [1, 0]})
+    with pytest.raises(ValueError, match="model sft with student on benchmark b"):
+        eval_document({"student": student, "sft": sft}, {}, [1], None, {"python": "3"})

@@ -21,7 +21,7 @@ from workflow import REPO, edited_config, planned_outputs
 
 MODELS = ("student", "sft")
 BENCHMARKS = ("basic_arithmetic", "chain_sum")
-PLOTS = ("plot-metric-bars", "plot-response-lengths", "plot-training-sft", "plot-curation-funnel")
+PLOTS = ("plot-metric-bars", "plot-comparisons", "plot-response-lengths", "plot-training-sft", "plot-curation-funnel")
 
 
 def _eval_rows(model: str, bench: str, problems: int = 3, samples: int = 4) -> list[dict]:
@@ -113,6 +113,7 @@ def test_report_is_one_page_with_every_plot_inline_and_nothing_to_fetch(report):
     assert references and references <= set(ids)
     assert 'id="metrics-table"' in page and "maj@4" in page and "pass@4" in page
     assert 'id="funnel-by-source"' in page and "something_new" not in page
+    assert 'id="comparisons-table"' in page and "sign-flip permutation test" in page
 
 
 def test_the_same_inputs_make_the_same_report_bytes(report, tmp_path):
@@ -131,6 +132,48 @@ def test_a_report_without_training_says_so_and_still_has_its_evaluation_plots(tm
     page = (tmp_path / "report.html").read_text()
     assert 'id="plot-metric-bars"' in page and 'id="plot-response-lengths"' in page
     assert "No training run in this report" in page and "No curation statistics" in page
+
+
+def test_the_comparisons_table_shows_each_model_against_the_student_per_benchmark(report):
+    document = json.loads((report.parent / "eval.json").read_text())
+    page = report.read_text()
+    table = re.search(r'<table id="comparisons-table">.*?</table>', page, re.S).group(0)
+    rows = [re.findall(r"<td[^>]*>([^<]*)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", table)[1:]]
+    assert [row[:4] for row in rows] == [["sft", "student", bench, "3"] for bench in BENCHMARKS]
+    for row, comparison in zip(rows, document["comparisons"]):
+        assert row[6].startswith(f"{100 * comparison['pass@1_delta']:+.1f} ± ")
+        assert row[8] == f"{comparison['p_value']:.3g}"
+
+
+def test_an_eval_json_of_schema_version_2_renders_without_comparisons(report, tmp_path):
+    document = json.loads((report.parent / "eval.json").read_text())
+    old = {key: value for key, value in document.items() if key not in ("comparisons", "comparison_methods")}
+    (tmp_path / "eval.json").write_text(json.dumps(old | {"schema_version": 2}))
+    result = _make_report({"--eval": [str(tmp_path / "eval.json")]}, tmp_path / "report.html")
+    assert result.returncode == 0, result.stderr
+    page = (tmp_path / "report.html").read_text()
+    assert 'id="plot-metric-bars"' in page and 'id="plot-comparisons"' not in page
+    assert "schema version 2 has no paired comparisons" in page
+
+
+def test_a_report_of_one_model_says_there_is_nothing_to_compare(tmp_path):
+    document = _synthetic_eval_document(tmp_path, models=("student",))
+    result = _make_report({"--eval": [str(document)]}, tmp_path / "report.html")
+    assert result.returncode == 0, result.stderr
+    page = (tmp_path / "report.html").read_text()
+    assert "No paired comparisons" in page and 'id="plot-comparisons"' not in page
+
+
+def _synthetic_eval_document(root: Path, models: tuple[str, ...]) -> Path:
+    """results/eval.json of the synthetic rows of `models`, written by summarize_eval.py."""
+    samples = []
+    for model in models:
+        path = root / "eval" / f"{model}.parquet"
+        write_parquet([r for bench in BENCHMARKS for r in _eval_rows(model, bench)], path, EVAL_SCHEMA)
+        samples.append(str(path))
+    subprocess.run([sys.executable, str(REPO / "scripts" / "summarize_eval.py"), "--inputs", *samples, "--output",
+                    str(root / "eval.json"), "--seed", "0"], capture_output=True, text=True, check=True)
+    return root / "eval.json"
 
 
 def test_an_unreadable_metrics_file_fails_naming_the_file(tmp_path):
@@ -214,7 +257,7 @@ def test_report_renders_in_headless_chromium_with_every_plot_drawn(report, tmp_p
         assert figure["width"] > 200 and figure["height"] > 100, figure
         assert figure["drawn"] > 20, figure  # axes, ticks, bars or lines, labels
     assert seen["broken_images"] == [] and seen["requests"] == []
-    assert seen["tables"] >= 4  # metrics, per-source funnel, splits, provenance (+ versions)
+    assert seen["tables"] >= 5  # metrics, comparisons, per-source funnel, splits, provenance (+ versions)
 
 
 def test_report_rule_builds_on_evaluation_and_on_training_only_when_the_sft_model_is_evaluated(tmp_path):
