@@ -102,6 +102,25 @@ def folder_digest(folder: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_sha256sums(paths: Iterable[str | os.PathLike], output: str | os.PathLike) -> None:
+    """Write the sha256 of each file in `paths` to `output` atomically, in sha256sum's format (names relative to
+    output's folder, so `sha256sum -c` there checks them). A stage's content identity: Snakemake compares this
+    small file's checksum, so a rerun that writes the same bytes reruns nothing after it (rules/common.smk)."""
+    folder = Path(output).parent
+    lines = [f"{file_sha256(path)}  {os.path.relpath(path, folder)}\n" for path in paths]
+    with atomic_path(output) as tmp:
+        Path(tmp).write_text("".join(lines))
+
+
 def write_json(obj: Any, path: str | os.PathLike) -> None:
     """Write `obj` as indented JSON to `path` atomically."""
     with atomic_path(path) as tmp:

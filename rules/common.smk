@@ -8,6 +8,7 @@ import shlex
 
 import yaml
 
+from mathsft.io import file_sha256
 from mathsft.serve import check_no_secrets
 
 SCRIPTS = os.path.join(workflow.basedir, "scripts")
@@ -105,14 +106,6 @@ def dataset_identities(names):
         if spec.get("path") and os.path.exists(spec["path"]):
             identities[name]["sha256"] = file_sha256(spec["path"])
     return identities
-
-
-def file_sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def hub_datasets():
@@ -266,40 +259,38 @@ def teacher_endpoint_options():
     return endpoint_words(teacher if teacher["endpoint"] else None)
 
 
-def teacher_model():
-    """--model of the teacher jobs: the name at the user's server (teacher.endpoint), else what the job serves."""
-    return config["teacher"]["model"] if config["teacher"]["endpoint"] else model_path(config["teacher"]["model"])
+# Early cutoff: a rerun whose output comes out byte for byte the same reruns nothing after it. curate and
+# score_eval are checkpoints that also write the sha256 of what they made (sha256sums, a few bytes). Every job
+# after one lists that file among its inputs through the checkpoint (the functions below), and takes the data
+# files themselves as ancient(). Snakemake then decides whether those jobs run only once the checkpoint job has
+# run, and a sums file that is newer but has the checksum Snakemake recorded when the job last ran is no reason
+# to run. Each later job names every checkpoint before it, not only the nearest: Snakemake re-decides only the
+# jobs that depend on the checkpoint that just finished (Snakemake 9.27). One exception: the SFT model's
+# score_eval does not name curate. A checkpoint that curate would re-decide as "no need to run" never finishes,
+# and the jobs waiting on it (eval_summary, the report) would never be re-decided: so after a curation it
+# rescores the SFT model's samples (seconds), and the jobs after it are decided on what it wrote. A dry run
+# cannot know what a rerun will make, so it lists the jobs that would run if every output changed.
+def curated_sums(wildcards=None):
+    """The curated set's sha256sums, through the curate checkpoint."""
+    return checkpoints.curate.get().output.sha256sums
 
 
-def teacher_model_inputs():
-    return [] if config["teacher"]["endpoint"] else model_inputs(config["teacher"]["model"])
+def scored_eval_sums(label):
+    """An input function: label's scored evaluation samples' sha256sums, through the score_eval checkpoint.
+    One function per label, so that a dry run shows every label's jobs, not those of the first one pending."""
+    return lambda wildcards: checkpoints.score_eval.get(model=label).output.sha256sums
 
 
-def api_options(section):
-    """--api (and --tokenizer) of a sampling job, as argv words: a param, since who applies the chat template can
-    change the prompt the model sees."""
-    words = ["--api", config[section]["api"]]
-    if config[section]["tokenizer"]:
-        words += ["--tokenizer", config[section]["tokenizer"]]
-    return words
+def after_curate(wildcards):
+    """For the SFT model's evaluation: the curated set's sums, else nothing."""
+    return curated_sums() if wildcards.model == config["train"]["run_name"] else []
 
 
-def job_gpus(section):
-    """GPUs a sampling job asks for: none when it only talks to an external endpoint."""
-    return 0 if config[section].get("endpoint") else config[section]["gpus"]
-
-
-def report_training_metrics():
-    """The SFT run's training metrics, when the SFT model is evaluated: the report never asks for a training
-    run that the evaluation does not."""
-    if "sft" not in config["eval"]["models"]:
-        return []
-    return [f"results/train/{config['train']['run_name']}/metrics.jsonl"]
-
-
-def report_curation_stats():
-    """The curation funnel, under the same condition as the training metrics."""
-    return ["results/sft/stats.json"] if report_training_metrics() else []
+def after_scored_eval():
+    """The inputs a job after every evaluation names: one sums file per evaluated label, and the curated set's
+    when the SFT model is one of them."""
+    sums = {f"scored_{index}": scored_eval_sums(label) for index, label in enumerate(eval_labels())}
+    return sums | ({"curated": curated_sums} if config["train"]["run_name"] in eval_labels() else {})
 
 
 def repo_file(path):

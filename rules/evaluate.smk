@@ -7,6 +7,8 @@ rule evaluate:
     input:
         model=eval_model_input,
         bench=ancient(expand("results/data/bench/{bench}.parquet", bench=eval_benchmarks())),
+        # The SFT model's evaluation comes after the curate checkpoint (early cutoff, common.smk).
+        curated=after_curate,
     output:
         "results/eval/generations/{model}.parquet",
     params:
@@ -45,13 +47,18 @@ rule evaluate:
         " --server_log logs/eval/{wildcards.model}.server.log > {log:q} 2>&1"
 
 
-rule score_eval:
-    """Score one model's evaluation samples with math-verify (the same reward code as the teacher's)."""
+checkpoint score_eval:
+    """Score one model's evaluation samples with math-verify (the same reward code as the teacher's).
+
+    A checkpoint, with the scores' sha256 in sha256sums: a rescoring that changes no score remakes neither
+    eval.json nor the report (common.smk)."""
     input:
         samples="results/eval/generations/{model}.parquet",
         code=os.path.join(LIBRARY, "reward.py"),
     output:
-        "results/eval/{model}.parquet",
+        # First: what a job after it names while the checkpoint is pending (see curate).
+        sha256sums="results/eval/{model}.sha256",
+        scored="results/eval/{model}.parquet",
     params:
         timeout_s=config["reward"]["timeout_s"],
     # math-verify workers; capped at --cores locally, cpus-per-task on a cluster.
@@ -61,15 +68,21 @@ rule score_eval:
     log:
         "logs/eval/{model}.score.log",
     shell:
-        "python {SCRIPTS:q}/score_trajectories.py --kind eval --input {input.samples:q} --output {output:q}"
+        "python {SCRIPTS:q}/score_trajectories.py --kind eval --input {input.samples:q} --output {output.scored:q}"
+        " --sha256sums {output.sha256sums:q}"
         " --timeout_s {params.timeout_s} --workers {threads} > {log:q} 2>&1"
 
 
 rule eval_summary:
     """results/eval.json: metrics per model x benchmark, with provenance, checked against
-    schemas/eval.schema.json; prints a pass@1 table and a table of every metric."""
+    schemas/eval.schema.json, and the paired comparisons of each model with the student and the teacher (v3);
+    prints a pass@1 table, a table of every metric and the comparisons."""
     input:
-        expand("results/eval/{model}.parquet", model=eval_labels()),
+        scored=ancient(expand("results/eval/{model}.parquet", model=eval_labels())),
+        # The metrics' and comparisons' code: editing it remakes eval.json.
+        code=[os.path.join(LIBRARY, "evaluate.py"), os.path.join(LIBRARY, "compare.py")],
+        # Their content decides, through each one's sums (early cutoff, common.smk), not their files' times.
+        **after_scored_eval(),
     output:
         report("results/eval.json", category="Evaluation", labels={"file": "eval.json"}),
     params:
@@ -81,5 +94,5 @@ rule eval_summary:
     log:
         "logs/eval/summary.log",
     shell:
-        "python {SCRIPTS:q}/summarize_eval.py --inputs {input:q} --output {output:q}"
+        "python {SCRIPTS:q}/summarize_eval.py --inputs {input.scored:q} --output {output:q}"
         " --pass_k {params.pass_k} --seed {params.seed} --config_hash {params.config_hash} 2>&1 | tee {log:q}"

@@ -3,11 +3,13 @@ rule report:
     lengths, the curation funnel and the metrics table. No params: it reruns only when its inputs change."""
     input:
         eval="results/eval.json",
-        samples=expand("results/eval/{model}.parquet", model=eval_labels()),
+        samples=ancient(expand("results/eval/{model}.parquet", model=eval_labels())),
         train=report_training_metrics(),
         curation=report_curation_stats(),
         # The report's code: editing it remakes the report (a shell rule's code trigger sees only the command).
         code=os.path.join(LIBRARY, "report.py"),
+        # After every checkpoint before it: the samples' and the curated set's sums (early cutoff, common.smk).
+        **after_scored_eval(),
     output:
         report("results/report.html", category="Report", labels={"file": "report.html"}),
     localrule: True

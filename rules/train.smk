@@ -1,8 +1,10 @@
 rule train:
     """Fine-tune the student with DeepSpeed; exports a Hugging Face folder that vLLM loads."""
     input:
-        train="results/sft/train.parquet",
-        val="results/sft/val.parquet",
+        # The curated set's content decides, through its sums (early cutoff, common.smk), not its files' times.
+        train=ancient("results/sft/train.parquet"),
+        val=ancient("results/sft/val.parquet"),
+        sha256sums=curated_sums,
         model=model_inputs(config["train"]["model"]),
         deepspeed=repo_file(config["train"]["deepspeed"]),
     output:

@@ -9,6 +9,7 @@ import logging
 
 from mathsft.cli import setup_logging
 from mathsft.curate import SELECTIONS, curate
+from mathsft.io import write_sha256sums
 
 
 def main() -> None:
@@ -17,6 +18,9 @@ def main() -> None:
     parser.add_argument("--train", required=True)
     parser.add_argument("--val", required=True)
     parser.add_argument("--stats", required=True, help="stats.json: the funnel, split sizes, params and the SQL")
+    parser.add_argument("--sha256sums", default=None,
+                        help="also write the train/val files' sha256 here (sha256sum's format): the curated set's "
+                             "identity, by which the workflow skips retraining when a rerun keeps the same set")
     parser.add_argument("--reward_threshold", type=float, default=1.0,
                         help="keep traces with reward >= this (rLLM's 0.0 would keep wrong answers)")
     parser.add_argument("--max_length", type=int, required=True,
@@ -34,6 +38,8 @@ def main() -> None:
     stats = curate(args.inputs, args.train, args.val, args.stats, args.reward_threshold,
                    args.max_traces_per_problem, args.val_fraction, max_length=args.max_length,
                    selection=args.selection, seed=args.seed, threads=args.threads)
+    if args.sha256sums:
+        write_sha256sums([args.train, args.val], args.sha256sums)
     logging.info("summary %s", json.dumps({key: stats[key] for key in ("funnel", "dropped", "problems", "splits")}))
 
 

@@ -8,7 +8,7 @@ import json
 import logging
 
 from mathsft.cli import setup_logging
-from mathsft.io import SCORING_SCHEMAS, read_parquet, write_parquet
+from mathsft.io import SCORING_SCHEMAS, read_parquet, write_parquet, write_sha256sums
 from mathsft.reward import score_rows, status_counts
 from mathsft.serve import exit_on_sigterm
 
@@ -17,6 +17,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--input", required=True, help="samples parquet (results/teacher/NNNNN.parquet, ...)")
     parser.add_argument("--output", required=True, help="scored parquet to write")
+    parser.add_argument("--sha256sums", default=None,
+                        help="also write the output's sha256 here (sha256sum's format): its identity, by which the "
+                             "workflow skips what comes after when a rescoring changes no score")
     parser.add_argument("--kind", choices=sorted(SCORING_SCHEMAS), default="teacher", help="which samples")
     parser.add_argument("--timeout_s", type=float, default=10.0,
                         help="per-check time bound in seconds; a check past it is killed and scored 'timeout'")
@@ -30,6 +33,8 @@ def main() -> None:
     rows = read_parquet(args.input, in_schema).to_pylist()
     scores = score_rows(rows, args.workers, args.timeout_s)
     write_parquet(rows, args.output, out_schema)
+    if args.sha256sums:
+        write_sha256sums([args.output], args.sha256sums)
     logging.info("summary %s", json.dumps({"input": args.input, "rows": len(rows), **status_counts(scores)}))
 
 

@@ -1,5 +1,7 @@
+import hashlib
 import os
 import stat
+import subprocess
 from pathlib import Path
 
 import pyarrow as pa
@@ -67,3 +69,18 @@ def test_fsync_parent_syncs_the_folder_that_holds_a_path(tmp_path, monkeypatch):
     synced = _record_fsyncs(monkeypatch)
     fsync_parent(tmp_path / "not-yet-there.parquet")
     assert synced == [("folder", str(tmp_path), False)]
+
+
+def test_sha256sums_are_what_sha256sum_checks_in_the_outputs_folder(tmp_path):
+    from mathsft.io import write_sha256sums
+
+    (tmp_path / "train.parquet").write_bytes(b"train rows")
+    (tmp_path / "val.parquet").write_bytes(b"")
+    write_sha256sums([tmp_path / "train.parquet", tmp_path / "val.parquet"], tmp_path / "sha256sums")
+    lines = (tmp_path / "sha256sums").read_text().splitlines()
+    assert lines == [f"{hashlib.sha256(b'train rows').hexdigest()}  train.parquet",
+                     f"{hashlib.sha256(b'').hexdigest()}  val.parquet"]
+    check = subprocess.run(["sha256sum", "-c", "sha256sums"], cwd=tmp_path, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    (tmp_path / "val.parquet").write_bytes(b"changed")
+    assert subprocess.run(["sha256sum", "-c", "sha256sums"], cwd=tmp_path, capture_output=True).returncode == 1

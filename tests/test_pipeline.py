@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import TINY
-from workflow import edited_config, planned_outputs, snakemake
+from workflow import checkout, edited_config, planned_outputs, ran_jobs, snakemake
 
 pytestmark = pytest.mark.e2e
 # finished_run (conftest.py): the tiny config run to the end once per session; tests/test_slurm.py runs it
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.e2e
 def test_pipeline_writes_eval_json_with_sane_metrics_for_both_students(finished_run):
     workdir, result = finished_run
     document = json.loads((workdir / "results" / "eval.json").read_text())
-    assert document["schema_version"] == 2 and len(document["config_hash"]) == 16
+    assert document["schema_version"] == 3 and len(document["config_hash"]) == 16
     assert set(document["models"]) == {"student", "sft"}
     for model in document["models"].values():
         assert set(model["benchmarks"]) == {"chain_sum", "basic_arithmetic"}
@@ -71,7 +71,7 @@ def test_no_vllm_server_outlives_the_run(finished_run):
 
 
 SFT_DOWNSTREAM = {"results/sft/train.parquet", "results/models/sft", "results/eval/generations/sft.parquet",
-                  "results/eval/sft.parquet", "results/eval.json"}
+                  "results/eval/sft.parquet", "results/eval/sft.sha256", "results/eval.json"}
 
 
 def _outputs(planned):
@@ -146,14 +146,20 @@ def test_speed_only_keys_rerun_nothing_eval_summary_and_the_report_included(fini
         assert planned_outputs(workdir, edited, target="results/report.html") == {}, key
 
 
-def test_fewer_teacher_samples_per_problem_request_nothing_through_snakemake(finished_run, tmp_path):
-    """The sample store survives Snakemake deleting the teacher's outputs before the rerun (in a copy of the run:
-    the models linked, the rest copied, so the finished run stays as it is)."""
-    workdir, _ = finished_run
+def _copy_of(workdir, tmp_path):
+    """A copy of the finished run, Snakemake's records included, to run jobs in: the models linked, the rest
+    copied, so the finished run stays as it is."""
     copy = tmp_path / "run"
     shutil.copytree(workdir, copy, symlinks=True, ignore=shutil.ignore_patterns("base_models", "models"))
     for folder in ("base_models", "models"):
         shutil.copytree(workdir / "results" / folder, copy / "results" / folder, copy_function=os.link)
+    return copy
+
+
+def test_fewer_teacher_samples_per_problem_request_nothing_through_snakemake(finished_run, tmp_path):
+    """The sample store survives Snakemake deleting the teacher's outputs before the rerun (in a copy of the run)."""
+    workdir, _ = finished_run
+    copy = _copy_of(workdir, tmp_path)
     edited = edited_config(TINY, tmp_path / "c.yaml", **{"teacher.samples_per_problem": 1})
     result = snakemake(copy, edited, "--until", "teacher", timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -163,6 +169,83 @@ def test_fewer_teacher_samples_per_problem_request_nothing_through_snakemake(fin
         kept = pq.read_table(copy / "results" / "teacher" / f"{shard}.parquet").to_pylist()
         before = pq.read_table(workdir / "results" / "teacher" / f"{shard}.parquet").to_pylist()
         assert kept == [row for row in before if row["sample_index"] == 0]
+
+
+# Early cutoff: reruns whose outputs come out the same, run for real in a copy of the finished run. The dry runs
+# above list what would run if every output changed; these show what does run.
+
+# Rewritten by the rerun, with the same bytes: the curated set and the scores.
+REMADE_THE_SAME = ("results/sft/train.parquet", "results/sft/val.parquet", "results/sft/sha256sums",
+                   "results/eval/student.parquet", "results/eval/sft.parquet")
+# Never rewritten: what training and evaluation made.
+UNTOUCHED_BY_CUTOFF = ("results/models/sft/model.safetensors", "results/train/sft/metrics.jsonl",
+                       "results/eval/generations/student.parquet", "results/eval/generations/sft.parquet")
+SUMMARY = ("results/eval.json", "results/report.html")
+
+
+def _run_for_real(copy, configfile, untouched=UNTOUCHED_BY_CUTOFF + SUMMARY):
+    """Run the workflow in `copy` after an edit whose reruns make the same bytes; the jobs it ran."""
+    before = {name: (copy / name).read_bytes() for name in REMADE_THE_SAME}
+    times = {name: (copy / name).stat().st_mtime_ns for name in untouched}
+    metrics = json.loads((copy / "results" / "eval.json").read_text())["models"]
+    result = snakemake(copy, configfile, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert {name: (copy / name).read_bytes() for name in REMADE_THE_SAME} == before
+    assert {name: (copy / name).stat().st_mtime_ns for name in untouched} == times
+    assert json.loads((copy / "results" / "eval.json").read_text())["models"] == metrics
+    assert planned_outputs(copy, configfile, target="results/report.html") == {}
+    return ran_jobs(result)
+
+
+def test_a_reward_code_edit_that_changes_no_score_retrains_and_resamples_nothing(finished_run, tmp_path):
+    """The row 'reward code edited without changing any score': rescoring and the curation rerun, nothing else."""
+    workdir, _ = finished_run
+    copy = _copy_of(workdir, tmp_path)
+    reward = checkout() / "mathsft" / "reward.py"
+    original, times = reward.read_bytes(), reward.stat()
+    try:
+        reward.write_bytes(original + b"\n# An edit that changes no score.\n")
+        ran = _run_for_real(copy, TINY)
+    finally:
+        reward.write_bytes(original)
+        os.utime(reward, ns=(times.st_atime_ns, times.st_mtime_ns))
+    assert ran == {"reward": 2, "curate": 1, "score_eval": 2}
+
+
+def test_raising_reward_timeout_when_nothing_timed_out_retrains_nothing(finished_run, tmp_path):
+    """eval.json records the config hash, which covers reward.timeout_s (it decides scores when a check times
+    out): eval.json and the report are remade with the same metrics; nothing is retrained or resampled."""
+    workdir, _ = finished_run
+    copy = _copy_of(workdir, tmp_path)
+    ran = _run_for_real(copy, edited_config(TINY, tmp_path / "c.yaml", **{"reward.timeout_s": 20}),
+                        untouched=UNTOUCHED_BY_CUTOFF)
+    assert ran == {"reward": 2, "curate": 1, "score_eval": 2, "eval_summary": 1, "report": 1}
+
+
+def test_a_curate_edit_that_keeps_the_same_set_retrains_nothing(finished_run, tmp_path):
+    """Rewards are 0 or 1: a threshold of 0.5 keeps the same traces. The SFT model's samples are rescored to the
+    same bytes (see after_curate in common.smk); eval.json (its config hash) and the report are remade with the
+    same metrics; nothing is retrained or resampled."""
+    workdir, _ = finished_run
+    copy = _copy_of(workdir, tmp_path)
+    edited = edited_config(TINY, tmp_path / "c.yaml", **{"curate.reward_threshold": 0.5})
+    ran = _run_for_real(copy, edited, untouched=UNTOUCHED_BY_CUTOFF)
+    assert ran == {"curate": 1, "score_eval": 1, "eval_summary": 1, "report": 1}
+    assert json.loads((copy / "results" / "sft" / "stats.json").read_text())["params"]["reward_threshold"] == 0.5
+
+
+def test_a_curate_edit_that_changes_the_set_retrains(finished_run, tmp_path):
+    """The other side of the cutoff: a curated set that changes is trained on (checked as a dry run after the
+    curation has run, so that the checkpoint has decided)."""
+    workdir, _ = finished_run
+    copy = _copy_of(workdir, tmp_path)
+    edited = edited_config(TINY, tmp_path / "c.yaml", **{"curate.val_fraction": 0.5})
+    result = snakemake(copy, edited, "--until", "curate", timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (copy / "results/sft/train.parquet").read_bytes() != (workdir / "results/sft/train.parquet").read_bytes()
+    planned = planned_outputs(copy, edited, target="results/report.html")
+    assert set(planned) == {"train", "evaluate", "score_eval", "eval_summary", "report"}
+    assert planned["evaluate"] == {"results/eval/generations/sft.parquet"}
 
 
 def test_rerunning_data_preparation_that_yields_the_same_shards_makes_nothing_stale(finished_run):

@@ -6,7 +6,7 @@ import re
 import subprocess
 
 import pytest
-from workflow import REPO, edited_config, planned_outputs, snakemake
+from workflow import JOB_HEADER, REPO, edited_config, planned_outputs, snakemake
 
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
 
@@ -100,7 +100,7 @@ def shell_commands(workdir, configfile, target):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     commands, rule = {}, None
     for line in result.stdout.splitlines():
-        match = re.match(r"^(?:local)?rule (\w+):$", line.strip())
+        match = JOB_HEADER.match(line.strip())
         if match:
             rule = match.group(1)
         elif line.startswith("Shell command: ") and rule:

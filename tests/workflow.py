@@ -47,15 +47,20 @@ def snakemake(workdir: Path, configfile: Path, *args: str, timeout: float = 1800
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=checkout())
 
 
+# How Snakemake announces a job, planned or run: "rule teacher:", "localrule report:", "checkpoint curate:".
+JOB_HEADER = re.compile(r"^(?:local)?(?:rule|checkpoint) (\w+):$")
+
+
 def planned_outputs(workdir: Path, configfile: Path, target: str = "results/eval.json") -> dict[str, set[str]]:
-    """Rule name -> outputs of the jobs a dry run of `target` would run."""
+    """Rule name -> outputs of the jobs a dry run of `target` would run. After a checkpoint (curate, score_eval)
+    a dry run lists what would run if the checkpoint's output changed: see ran_jobs for what a run did."""
     result = snakemake(workdir, configfile, "-n", target, timeout=300)
     if result.returncode != 0:
         raise AssertionError(f"dry run failed:\n{result.stdout}\n{result.stderr}")
     planned: dict[str, set[str]] = {}
     rule = None
     for line in result.stdout.splitlines():
-        match = re.match(r"^(?:local)?rule (\w+):$", line.strip())
+        match = JOB_HEADER.match(line.strip())
         if match:
             rule = match.group(1)
             planned.setdefault(rule, set())
@@ -63,6 +68,17 @@ def planned_outputs(workdir: Path, configfile: Path, target: str = "results/eval
             planned[rule].update(part.strip() for part in line.split(":", 1)[1].split(","))
             rule = None
     return planned
+
+
+def ran_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
+    """Rule name -> how many of its jobs a real run (the result of snakemake()) ran; the target rule `all`, which
+    runs no command, is left out."""
+    ran: dict[str, int] = {}
+    for line in (result.stdout + result.stderr).splitlines():
+        match = JOB_HEADER.match(line.strip())
+        if match and match.group(1) != "all":
+            ran[match.group(1)] = ran.get(match.group(1), 0) + 1
+    return ran
 
 
 def edited_config(base: Path, out: Path, **edits) -> Path:
