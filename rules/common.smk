@@ -259,6 +259,57 @@ def teacher_endpoint_options():
     return endpoint_words(teacher if teacher["endpoint"] else None)
 
 
+def revision_words(section):
+    """--revision of a model's jobs (teacher or train), as argv words: [] when unset. Sampling jobs pass it with
+    their server options (a managed server's, and a param: the pin decides the weights), which are unchanged
+    when it is unset, so that adding the setting reran no existing run."""
+    revision = config[section]["revision"]
+    return ["--revision", revision] if revision else []
+
+
+def eval_server_options(wildcards):
+    """server_options("eval") and the pin of the evaluated model: the student's (train.revision) or the
+    managed teacher's; the SFT model and models at a user's server have none."""
+    section = None if eval_endpoint(wildcards.model) else {"student": "train", "teacher": "teacher"}.get(wildcards.model)
+    return server_options("eval") + (revision_words(section) if section else [])
+
+
+def teacher_model():
+    """--model of the teacher jobs: the name at the user's server (teacher.endpoint), else what the job serves."""
+    return config["teacher"]["model"] if config["teacher"]["endpoint"] else model_path(config["teacher"]["model"])
+
+
+def teacher_model_inputs():
+    return [] if config["teacher"]["endpoint"] else model_inputs(config["teacher"]["model"])
+
+
+def api_options(section):
+    """--api (and --tokenizer) of a sampling job, as argv words: a param, since who applies the chat template can
+    change the prompt the model sees."""
+    words = ["--api", config[section]["api"]]
+    if config[section]["tokenizer"]:
+        words += ["--tokenizer", config[section]["tokenizer"]]
+    return words
+
+
+def job_gpus(section):
+    """GPUs a sampling job asks for: none when it only talks to an external endpoint."""
+    return 0 if config[section].get("endpoint") else config[section]["gpus"]
+
+
+def report_training_metrics():
+    """The SFT run's training metrics, when the SFT model is evaluated: the report never asks for a training
+    run that the evaluation does not."""
+    if "sft" not in config["eval"]["models"]:
+        return []
+    return [f"results/train/{config['train']['run_name']}/metrics.jsonl"]
+
+
+def report_curation_stats():
+    """The curation funnel, under the same condition as the training metrics."""
+    return ["results/sft/stats.json"] if report_training_metrics() else []
+
+
 # Early cutoff: a rerun whose output comes out byte for byte the same reruns nothing after it. curate and
 # score_eval are checkpoints that also write the sha256 of what they made (sha256sums, a few bytes). Every job
 # after one lists that file among its inputs through the checkpoint (the functions below), and takes the data
@@ -372,6 +423,12 @@ def check_config():
     if too_big:
         raise ValueError(f"eval.pass_k: {too_big} above eval.samples_per_problem "
                          f"({config['eval']['samples_per_problem']}); pass@k needs at least k samples per problem")
+    for section in ("teacher", "train"):
+        model, revision = config[section]["model"], config[section]["revision"]
+        if revision and (model.startswith(EMBEDDED) or os.path.isdir(model)):
+            raise ValueError(f"{section}.revision: {model!r} is not a Hugging Face id; a revision pins a hub model")
+    if config["teacher"]["endpoint"] and config["teacher"]["revision"]:
+        raise ValueError("teacher.revision: the server at teacher.endpoint decides what it loaded; pin it there")
     if config["teacher"]["endpoint"] and config["teacher"]["model"].startswith(EMBEDDED):
         raise ValueError(f"teacher.model: {config['teacher']['model']!r} is an embedded model, which only a managed "
                          "server loads; with teacher.endpoint set, give the name that server serves")

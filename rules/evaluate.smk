@@ -19,7 +19,7 @@ rule evaluate:
         max_tokens=config["eval"]["max_tokens"],
         seed=config["eval"]["seed"],
         prompt_template=config["prompt"]["template"],
-        server=server_options("eval"),
+        server=eval_server_options,
         api=api_options("eval"),
         data=bench_identity(),
     resources:

@@ -17,7 +17,7 @@ rule teacher:
         max_tokens=config["teacher"]["max_tokens"],
         seed=config["teacher"]["seed"],
         prompt_template=config["prompt"]["template"],
-        server=server_options("teacher"),
+        server=server_options("teacher") + revision_words("teacher"),
         api=api_options("teacher"),
         data=data_identity(),
         rows=shard_rows,

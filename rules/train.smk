@@ -15,6 +15,7 @@ rule train:
                        labels={"run": "{run}", "file": "summary.json"}),
     params:
         model=model_path(config["train"]["model"]),
+        revision=revision_words("train"),
         epochs=config["train"]["epochs"],
         learning_rate=config["train"]["learning_rate"],
         warmup_ratio=config["train"]["warmup_ratio"],
@@ -44,7 +45,7 @@ rule train:
     benchmark:
         "benchmarks/train/{run}.tsv"
     shell:
-        "{resources.launch} {SCRIPTS:q}/train_sft.py --model {params.model:q} --train_files {input.train:q}"
+        "{resources.launch} {SCRIPTS:q}/train_sft.py --model {params.model:q} {params.revision:q} --train_files {input.train:q}"
         " --val_files {input.val:q} --output_dir {output.model:q} --metrics {output.metrics:q}"
         " --summary {output.summary:q} --deepspeed {input.deepspeed:q} --epochs {params.epochs}"
         " --learning_rate {params.learning_rate} --warmup_ratio {params.warmup_ratio}"

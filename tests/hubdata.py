@@ -11,6 +11,17 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+# The commits of config/datasets.yaml whose layout, column names and value types these copies reproduce: moving a
+# pin there means checking the copy here against the new commit's files, then moving it here too.
+CATALOG_REVISIONS = {
+    "deepscaler": "b6ae8c60f5c1f2b594e2140b91c49c9ad0949e29",
+    "aime24": "2fe88a2f1091d5048c0f36abc874fb997b3dd99a",
+    "amc23": "80815d37005feb82cd7f8fbc6901d5d3eff43057",
+    "math500": "6e4ed1a2a79af7d8630a6b768ec859cb5af4d3be",
+    "minerva": "ee46ddc498933b1977577953250ca5c66be64f96",
+    "olympiadbench": "4faaf1e6ec17d11a4218a9bf4c049ecaf954dd84",
+}
+
 AIME_PROBLEM = ("Find the number of ordered pairs of positive integers (m, n) such that m^2 n = 20^20 and "
                 "both m and n are at most one million.")
 

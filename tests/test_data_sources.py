@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from hubdata import AIME_PROBLEM, write_hub_copies
+from hubdata import AIME_PROBLEM, CATALOG_REVISIONS, write_hub_copies
 from mathsft import data, sources
-from workflow import planned_outputs, snakemake
+from workflow import REPO, planned_outputs, snakemake
 
 
 def spec(name="set", **entry):
@@ -108,6 +108,14 @@ def test_raising_num_samples_only_appends_and_the_order_ignores_file_row_order()
 
 
 BENCHMARKS = ["aime24", "amc23", "math500", "minerva", "olympiadbench"]
+
+
+def test_every_hub_dataset_in_the_catalog_pins_the_commit_its_local_copy_stands_for():
+    catalog = yaml.safe_load((REPO / "config" / "datasets.yaml").read_text())
+    hub = {name: spec for name, spec in catalog.items() if "hub" in spec}
+    assert {name: spec.get("revision") for name, spec in hub.items()} == CATALOG_REVISIONS
+    assert all(len(rev) == 40 and int(rev, 16) >= 0 for rev in CATALOG_REVISIONS.values())
+    assert set(hub) == {"deepscaler", *BENCHMARKS}  # write_hub_copies makes one copy of each
 
 
 @pytest.fixture()

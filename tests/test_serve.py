@@ -167,3 +167,16 @@ def test_keys_in_server_arguments_or_variables_are_refused_and_redacted_from_log
         "vllm", "--api-key", "***", "--api-key=***", "--port", "1"]
     with pytest.raises(ValueError, match="--api-key"):
         ManagedServer("unused", "m", "unused.log", args=["--api-key", "abc"])
+
+
+def test_a_revision_pins_the_managed_servers_weights_and_tokenizer_and_is_refused_with_an_endpoint():
+    import argparse
+
+    from mathsft.cli import managed_server_args
+
+    args = argparse.Namespace(server_arg=["--dtype", "float32"], revision="0123abc", endpoint=None)
+    assert managed_server_args(args) == ["--dtype", "float32", "--revision", "0123abc", "--tokenizer-revision", "0123abc"]
+    assert managed_server_args(argparse.Namespace(server_arg=["--dtype", "float32"], revision=None,
+                                                  endpoint=None)) == ["--dtype", "float32"]
+    with pytest.raises(SystemExit, match="--revision is for a managed server"):
+        managed_server_args(argparse.Namespace(server_arg=[], revision="0123abc", endpoint="http://127.0.0.1:9/v1"))

@@ -109,3 +109,35 @@ def test_a_non_finite_gradient_norm_stops_training_even_when_deepspeed_reports_i
         with pytest.raises(TrainingDiverged, match="optimizer step 2 of 4 \\(epoch 0\\): loss 2.0, gradient norm"):
             check_finite(2, 4, 0, loss=2.0, grad_norm=grad_norm, micro_losses=[4.0], rank=0, learning_rate=1e-5,
                          train_path="t")
+
+
+def test_train_revision_reaches_every_transformers_load(tmp_path, monkeypatch, student_dir):
+    """The pin loads the config, the tokenizer and the weights at that commit (here a local stand-in answers
+    for the hub id, as the hub cannot be reached)."""
+    import transformers
+
+    from mathsft.train import train
+    from sftdata import write_sft_set
+
+    loads = []
+
+    class WeightsRequested(Exception):
+        pass
+
+    def stand_in(cls, load):
+        def from_pretrained(name, *args, revision=None, **kwargs):
+            loads.append((cls, name, revision))
+            if cls == "AutoModelForCausalLM":
+                raise WeightsRequested
+            return load(str(student_dir), *args, **kwargs)
+        return from_pretrained
+
+    for cls in ("AutoConfig", "AutoTokenizer", "AutoModelForCausalLM"):
+        monkeypatch.setattr(getattr(transformers, cls), "from_pretrained",
+                            stand_in(cls, getattr(transformers, cls).from_pretrained))
+    cfg = _cfg(tmp_path, model="org/student", revision="0123abc", train_path=str(write_sft_set(tmp_path / "t.parquet")),
+               max_length=512)
+    with pytest.raises(WeightsRequested):
+        train(cfg, str(tmp_path / "metrics.jsonl"))
+    assert [load for load in loads if load[1] == "org/student"] == [
+        (cls, "org/student", "0123abc") for cls in ("AutoConfig", "AutoTokenizer", "AutoModelForCausalLM")]

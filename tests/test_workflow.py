@@ -72,6 +72,8 @@ def test_the_deepscaler_run_plans_hub_fetches_and_one_teacher_job_per_shard(tmp_
     ("eval.models", ["student", "mystery"], "eval.models: mystery"),
     ("server.env", {"HF_TOKEN": "x"}, "HF_TOKEN looks like a secret"),
     ("server.args", ["--api-key", "x"], "--api-key holds a key"),
+    ("train.revision", "abc123", "train.revision: 'embedded:smollm2-135m-instruct' is not a Hugging Face id"),
+    ("teacher.revision", "", "revision"),
 ])
 def test_names_and_values_that_would_break_a_run_are_refused_before_any_job_naming_the_key(tmp_path, key, value,
                                                                                             message):
@@ -124,7 +126,8 @@ def test_every_string_value_reaches_the_jobs_as_literal_text(tmp_path):
     config = edited_config(TINY, tmp_path / "hostile.yaml", **{
         "data.tasks": ["chain_sum", HOSTILE],
         "teacher.model": HOSTILE, "teacher.api": "completions", "teacher.tokenizer": HOSTILE,
-        "train.model": HOSTILE, "train.deepspeed": HOSTILE,
+        "teacher.revision": HOSTILE + "t", "train.model": HOSTILE, "train.deepspeed": HOSTILE,
+        "train.revision": HOSTILE + "s",
         "server.args": ["--dtype", HOSTILE], "server.env": {"VLLM_CPU_KVCACHE_SPACE": HOSTILE},
         "eval.models": ["student", "sft", "remote"],
         "eval.endpoints": {"remote": {"endpoint": HOSTILE_URL, "model": HOSTILE, "api_key_env": "REMOTE_KEY"}},
@@ -138,8 +141,14 @@ def test_every_string_value_reaches_the_jobs_as_literal_text(tmp_path):
     teacher = seen["teacher"][0]
     assert teacher[teacher.index("--model") + 1] == HOSTILE and teacher[teacher.index("--tokenizer") + 1] == HOSTILE
     assert f"--server_arg={HOSTILE}" in teacher and f"--server_env=VLLM_CPU_KVCACHE_SPACE={HOSTILE}" in teacher
+    assert teacher[teacher.index("--revision") + 1] == HOSTILE + "t"
     train = seen["train"][0]
     assert train[train.index("--model") + 1] == HOSTILE and train[train.index("--deepspeed") + 1].endswith(HOSTILE)
+    assert train[train.index("--revision") + 1] == HOSTILE + "s"
+    # The student's evaluation loads the pinned student; the SFT model and the user's server's have no pin.
+    revisions = {argv[argv.index("--label") + 1]: argv[argv.index("--revision") + 1] if "--revision" in argv else None
+                 for argv in seen["evaluate"]}
+    assert revisions == {"student": HOSTILE + "s", "sft": None, "remote": None}
     remote = next(argv for argv in seen["evaluate"] if "remote" in argv)
     assert remote[remote.index("--model") + 1] == HOSTILE and f"--endpoint={HOSTILE_URL}" in remote
     assert "--api_key_env=REMOTE_KEY" in remote
