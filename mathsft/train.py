@@ -52,6 +52,31 @@ class TrainConfig:
     liger_kernel: bool = False
     # The hub commit of `model` (a hub id) that is loaded; "": the hub's main branch, or a local folder as it is.
     revision: str = ""
+    # Experiment tracking, as TRL's report_to: "none", or "tensorboard" (what metrics.jsonl records, as TensorBoard
+    # event files in tracking_dir, through torch.utils.tensorboard). Never changes the result.
+    report_to: str = "none"
+    tracking_dir: str = ""
+
+
+REPORT_TO = ("none", "tensorboard")
+# metrics.jsonl keys -> TensorBoard tags (train/... per optimizer step, val/loss per epoch).
+TRACKED_SCALARS = {"loss": "train/loss", "lr": "train/learning_rate", "grad_norm": "train/grad_norm",
+                   "tokens_per_s": "train/tokens_per_s", "padding_waste": "train/padding_waste",
+                   "val_loss": "val/loss"}
+
+
+def tensorboard_writer(cfg: TrainConfig, resumed: int):
+    """A TensorBoard writer into cfg.tracking_dir when cfg.report_to asks for one, else None. A fresh run empties
+    the folder; a resumed one adds a new event file whose steps continue the old ones, as metrics.jsonl does."""
+    if cfg.report_to == "none":
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    folder = Path(cfg.tracking_dir)
+    if not resumed and folder.is_dir():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    return SummaryWriter(log_dir=str(folder))
 
 
 class ConfigError(ValueError):
@@ -88,6 +113,10 @@ def check_config(cfg: TrainConfig, world_size: int, context_length: int | None, 
     for path, key in ((cfg.train_path, "train file"), (cfg.deepspeed_config, "deepspeed config")):
         if not Path(path).is_file():
             raise ConfigError(f"{key} {path} does not exist")
+    if cfg.report_to not in REPORT_TO:
+        raise ConfigError(f"train.report_to must be one of {', '.join(REPORT_TO)}, got {cfg.report_to!r}")
+    if cfg.report_to != "none" and not cfg.tracking_dir:
+        raise ConfigError(f"train.report_to {cfg.report_to} needs a folder for its files (--tracking_dir)")
     per_step = cfg.micro_batch_size_per_device * world_size
     if cfg.global_batch_size % per_step:
         raise ConfigError(
@@ -284,7 +313,8 @@ def run_fingerprint(cfg: TrainConfig, world_size: int = 1) -> str:
     """What a checkpoint must match to be resumed from: every setting that shapes training, the start model,
     the training data's content and the process count (it splits the data and shapes the ZeRO states); not
     where outputs go, nor how often checkpoints are written."""
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("output_dir", "checkpoint_dir", "checkpoint_every")}
+    settings = {k: v for k, v in asdict(cfg).items()
+                if k not in ("output_dir", "checkpoint_dir", "checkpoint_every", "report_to", "tracking_dir")}
     settings["world_size"] = world_size
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     for path in (cfg.train_path, cfg.deepspeed_config):
@@ -427,11 +457,17 @@ def train(cfg: TrainConfig, metrics_path: str) -> dict:
     work_metrics = checkpoints.metrics_path(metrics_path)
     work_metrics.parent.mkdir(parents=True, exist_ok=True)
     metrics = open(work_metrics, "a" if resumed else "w") if rank == 0 else None
+    tracker = tensorboard_writer(cfg, resumed) if rank == 0 else None
 
     def record(entry: dict) -> None:
         if metrics:
             metrics.write(json.dumps(entry) + "\n")
             metrics.flush()
+        if tracker:
+            for key, tag in TRACKED_SCALARS.items():
+                if entry.get(key) is not None:
+                    tracker.add_scalar(tag, entry[key], entry["step"])
+            tracker.flush()
 
     lengths = [len(ids) for ids, _ in examples]
     step, started = 0, time.monotonic()
@@ -497,6 +533,8 @@ def train(cfg: TrainConfig, metrics_path: str) -> dict:
             log.info("epoch %d val loss %.4f", epoch, val_loss)
     if metrics:
         metrics.close()
+    if tracker:
+        tracker.close()
 
     export(engine, tokenizer, eot, eot_id, cfg.output_dir, rank)
     if rank == 0:

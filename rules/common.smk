@@ -355,7 +355,7 @@ SPEED_ONLY_KEYS = {
     "server": ("health_timeout_s",),
     "teacher": ("endpoint", "api_key_env", "concurrency", "request_timeout_s", "max_attempts", "max_failed_fraction"),
     "eval": ("concurrency", "request_timeout_s", "max_attempts"),
-    "train": ("checkpoint_every", "launcher"),
+    "train": ("checkpoint_every", "launcher", "report_to"),
 }
 # Per eval.endpoints entry: where the model is served and its key's variable; the model's name there decides.
 SPEED_ONLY_ENDPOINT_KEYS = ("endpoint", "api_key_env")

@@ -37,6 +37,8 @@ rule train:
         launch=train_launch(),
         # How often states are saved does not change the result: a resource, not a param.
         checkpoint_every=config["train"]["checkpoint_every"],
+        # Experiment tracking (none, tensorboard) does not change the result either.
+        report_to=config["train"]["report_to"],
     threads: 8
     conda:
         CONDA_ENV
@@ -54,5 +56,6 @@ rule train:
         " --micro_batch_size_per_device {params.micro_batch_size_per_device}"
         " --max_length {params.max_length} {params.gradient_checkpointing} {params.liger_kernel} --seed {params.seed}"
         " {params.packing} {params.lora:q} --checkpoint_every {resources.checkpoint_every}"
+        " --report_to {resources.report_to} --tracking_dir results/train/{wildcards.run}/tensorboard"
         " --checkpoint_dir results/train/{wildcards.run}/checkpoints"
         " --threads {threads} > {log:q} 2>&1"

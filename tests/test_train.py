@@ -141,3 +141,15 @@ def test_train_revision_reaches_every_transformers_load(tmp_path, monkeypatch, s
         train(cfg, str(tmp_path / "metrics.jsonl"))
     assert [load for load in loads if load[1] == "org/student"] == [
         (cls, "org/student", "0123abc") for cls in ("AutoConfig", "AutoTokenizer", "AutoModelForCausalLM")]
+
+
+def test_an_unknown_tracker_or_one_without_a_folder_is_refused_naming_the_key(tmp_path):
+    with pytest.raises(ConfigError, match="train.report_to must be one of none, tensorboard, got 'wandb'"):
+        check_config(_cfg(tmp_path, report_to="wandb", tracking_dir="t"), 1, 4096, None)
+    with pytest.raises(ConfigError, match="--tracking_dir"):
+        check_config(_cfg(tmp_path, report_to="tensorboard"), 1, 4096, None)
+
+
+def test_tracking_never_changes_which_checkpoints_a_run_resumes(tmp_path):
+    tracked = _cfg(tmp_path, report_to="tensorboard", tracking_dir=str(tmp_path / "tb"))
+    assert run_fingerprint(tracked) == run_fingerprint(_cfg(tmp_path))

@@ -154,3 +154,20 @@ def test_liger_kernels_without_a_gpu_stop_before_the_model_loads(student_dir, wo
     assert result.returncode != 0
     assert "train.liger_kernel needs a CUDA GPU" in result.stderr
     assert "Loading weights" not in result.stderr and not (work / "liger").exists()
+
+
+def test_report_to_tensorboard_writes_event_files_that_read_back_as_the_metrics(student_dir, work):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tracking = work / "tracked" / "tensorboard"
+    run(train_command(student_dir, work, "tracked", "--global_batch_size", "4", "--micro_batch_size_per_device", "2",
+                      "--report_to", "tensorboard", "--tracking_dir", str(tracking)))
+    events = EventAccumulator(str(tracking))
+    events.Reload()
+    logged = metrics(work, "tracked")
+    steps = [m for m in logged if "loss" in m]
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [
+        (m["step"], pytest.approx(m["loss"], rel=1e-6)) for m in steps]
+    assert [e.step for e in events.Scalars("train/learning_rate")] == [m["step"] for m in steps]
+    assert [e.value for e in events.Scalars("val/loss")] == [pytest.approx(m["val_loss"], rel=1e-6)
+                                                               for m in logged if "val_loss" in m]
