@@ -4,7 +4,7 @@ indices are requested), against the same stage sampled from scratch at the new n
 requested, no server). Each is a real `snakemake --until teacher` run of the embedded default (config/config.yaml,
 its managed vLLM CPU server), in one working directory. Run from the repo root:
 
-    python bench/incremental_sampling.py --num_samples 32 --workdir /tmp/mathsft-incremental-bench
+    python bench/incremental_sampling.py --workdir /tmp/mathsft-incremental-bench
 
 The embedded models are converted once (or linked from --models, e.g. .cache/models of the test suite).
 """
@@ -48,7 +48,8 @@ def teacher_stage(workdir: Path, config: dict, samples: int) -> tuple[float, int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--num_samples", type=int, default=32, help="training problems (data.num_samples)")
+    parser.add_argument("--num_samples", type=int, default=None,
+                        help="training problems (data.num_samples; default: the embedded default's)")
     parser.add_argument("--low", type=int, default=2, help="samples per problem first")
     parser.add_argument("--high", type=int, default=4, help="samples per problem after the edit")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/mathsft-incremental-bench"))
@@ -56,7 +57,8 @@ def main() -> None:
                         help="converted embedded models to link in, when there")
     args = parser.parse_args()
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    config["data"]["num_samples"] = args.num_samples
+    if args.num_samples:
+        config["data"]["num_samples"] = args.num_samples
     shutil.rmtree(args.workdir, ignore_errors=True)
     for name in EMBEDDED:
         if (args.models / name / "config.json").is_file():
@@ -69,7 +71,7 @@ def main() -> None:
     scratch, scratch_requests = teacher_stage(args.workdir, config, args.high)
     print(json.dumps({
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "problems": args.num_samples,
+        "problems": config["data"]["num_samples"],
         f"raised_{args.low}_to_{args.high}": {"wall_s": round(raised, 1), "requested": raised_requests},
         f"from_scratch_at_{args.high}": {"wall_s": round(scratch, 1), "requested": scratch_requests},
         f"lowered_{args.high}_to_{args.low}": {"wall_s": round(lowered, 1), "requested": lowered_requests},

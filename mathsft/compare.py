@@ -122,9 +122,28 @@ def comparison_pairs(labels: Iterable[str]) -> list[tuple[str, str]]:
 
 
 def document_comparisons(rows_by_model: dict[str, list[dict]], seed: int) -> list[dict]:
-    """Every comparison of eval.json: each pair of comparison_pairs on each benchmark both models share."""
-    return [comparison for model, baseline in comparison_pairs(rows_by_model)
-            for comparison in compare_models(model, rows_by_model[model], baseline, rows_by_model[baseline], seed)]
+    """Every comparison of eval.json: each pair of comparison_pairs on each benchmark both models share; a model
+    compared with the student also gets its fraction of the teacher's gain where the teacher was evaluated."""
+    comparisons = [comparison for model, baseline in comparison_pairs(rows_by_model)
+                   for comparison in compare_models(model, rows_by_model[model], baseline, rows_by_model[baseline],
+                                                    seed)]
+    teacher_gain = {c["benchmark"]: c for c in comparisons if (c["model"], c["baseline"]) == ("teacher", "student")}
+    for comparison in comparisons:
+        reference = teacher_gain.get(comparison["benchmark"])
+        if comparison["baseline"] == "student" and comparison["model"] != "teacher" and reference:
+            comparison["fraction_of_teacher_gain"] = fraction_of_gain(comparison, reference)
+    return comparisons
+
+
+def fraction_of_gain(comparison: dict, teacher: dict) -> float | None:
+    """How much of the teacher's pass@1 gain over the student a model recovers on one benchmark: its own gain
+    over the student divided by the teacher's (1: as good as the teacher; above 1: better; negative: worse than
+    the student). Both gains are taken as pass@1 differences of the whole benchmark. None when the teacher is
+    no better than the student there: there is no gain to recover."""
+    gain = teacher["model_pass@1"] - teacher["baseline_pass@1"]
+    if gain <= 0:
+        return None
+    return (comparison["model_pass@1"] - comparison["baseline_pass@1"]) / gain
 
 
 def comparison_methods(seed: int) -> dict:

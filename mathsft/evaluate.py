@@ -221,15 +221,25 @@ def metrics_rows(document: dict) -> list[list[str]]:
 def comparison_rows(comparisons: list[dict]) -> list[list[str]]:
     """Each comparison as text cells (percentage points), header first: the comparisons table of the terminal
     and of the report."""
-    rows = [["model", "baseline", "benchmark", "problems", "pass@1", "baseline pass@1", "delta ± se", "95% CI", "p"]]
+    rows = [["model", "baseline", "benchmark", "problems", "pass@1", "baseline pass@1", "delta ± se", "95% CI", "p",
+             "of teacher's gain"]]
     for c in comparisons:
         low, high = c["ci95"]
         rows.append([c["model"], c["baseline"], c["benchmark"], str(c["problems"]), f"{100 * c['model_pass@1']:.1f}",
                      f"{100 * c['baseline_pass@1']:.1f}",
                      f"{100 * c['pass@1_delta']:+.1f} ± {100 * c['pass@1_delta_stderr']:.1f}",
                      f"[{100 * low:+.1f}, {100 * high:+.1f}]",
-                     f"{c['p_value']:.3g}" + ("" if c["p_value_exact"] else " (sampled)")])
+                     f"{c['p_value']:.3g}" + ("" if c["p_value_exact"] else " (sampled)"), _teacher_gain(c)])
     return rows
+
+
+def _teacher_gain(comparison: dict) -> str:
+    """The fraction of the teacher's gain a model recovers, as a cell: '' where not computed, 'n/a' where the
+    teacher is no better than the student."""
+    if "fraction_of_teacher_gain" not in comparison:
+        return ""
+    fraction = comparison["fraction_of_teacher_gain"]
+    return "n/a" if fraction is None else f"{100 * fraction:.0f}%"
 
 
 def print_comparisons(comparisons: list[dict], file=None) -> None:

@@ -211,3 +211,18 @@ def test_run_sft_model_still_needs_a_model_to_evaluate_without_compare():
     result = subprocess.run([sys.executable, RUN_SFT_MODEL, "--benchmarks", "x.parquet"], capture_output=True,
                             text=True)
     assert result.returncode == 2 and "--model" in result.stderr
+
+
+def test_a_model_against_the_student_recovers_a_hand_computed_fraction_of_the_teachers_gain():
+    # Benchmark b: student 0.25, sft 0.75, teacher 1.0: sft recovers 0.5 of the teacher's 0.75. Benchmark c:
+    # student 0.5, sft and teacher 1.0: all of it. Benchmark d: the teacher is no better: nothing to recover.
+    rows = {"student": _rows({"a": [0, 0], "b": [1, 0]}) + _rows({"a": [0, 1]}, "c") + _rows({"a": [1]}, "d"),
+            "sft": _rows({"a": [1, 1], "b": [1, 0]}) + _rows({"a": [1, 1]}, "c") + _rows({"a": [1]}, "d"),
+            "teacher": _rows({"a": [1, 1], "b": [1, 1]}) + _rows({"a": [1, 1]}, "c") + _rows({"a": [0]}, "d")}
+    fractions = {c["benchmark"]: c["fraction_of_teacher_gain"] for c in document_comparisons(rows, seed=0)
+                 if (c["model"], c["baseline"]) == ("sft", "student")}
+    assert fractions == {"b": pytest.approx(2 / 3), "c": pytest.approx(1.0), "d": None}
+    assert all("fraction_of_teacher_gain" not in c for c in document_comparisons(rows, seed=0)
+               if c["baseline"] == "teacher" or c["model"] == "teacher")
+    without_teacher = document_comparisons({"student": rows["student"], "sft": rows["sft"]}, seed=0)
+    assert all("fraction_of_teacher_gain" not in c for c in without_teacher)

@@ -207,7 +207,7 @@ def test_the_end_of_run_summary_prints_pass_at_1_then_every_metric_then_the_comp
     assert "maj@2" in out and "no answer" in out
     comparisons = out[out.index("paired comparisons"):].splitlines()
     assert comparisons[1].split() == ["model", "baseline", "benchmark", "problems", "pass@1", "baseline", "pass@1",
-                                      "delta", "±", "se", "95%", "CI", "p"]
+                                      "delta", "±", "se", "95%", "CI", "p", "of", "teacher's", "gain"]
     assert comparisons[2].split() == ["sft", "student", "b", "2", "37.5", "37.5", "+0.0", "±", "0.0", "[+0.0,",
                                       "+0.0]", "1"]
 
@@ -224,6 +224,9 @@ def test_eval_json_compares_each_model_with_student_and_teacher_and_the_teacher_
     assert schema_errors(json.loads(json.dumps(document))) == []
     deltas = {(c["model"], c["baseline"]): c["pass@1_delta"] for c in document["comparisons"]}
     assert deltas == {("sft", "student"): 0.25, ("sft", "teacher"): -0.25, ("teacher", "student"): 0.5}
+    # The SFT model gains 0.25 of the teacher's 0.5 over the student.
+    assert [c.get("fraction_of_teacher_gain") for c in document["comparisons"]
+            if (c["model"], c["baseline"]) == ("sft", "student")] == [0.5]
     # teacher - student: differences [0, 1, 1, 0]; |sum| >= 2 for 2 of the 4 sign vectors of the two non-zero ones.
     teacher = document["comparisons"][2]
     assert teacher["p_value"] == 0.5 and teacher["p_value_exact"]

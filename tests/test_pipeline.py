@@ -23,7 +23,7 @@ def test_pipeline_writes_eval_json_with_sane_metrics_for_both_students(finished_
     workdir, result = finished_run
     document = json.loads((workdir / "results" / "eval.json").read_text())
     assert document["schema_version"] == 3 and len(document["config_hash"]) == 16
-    assert set(document["models"]) == {"student", "sft"}
+    assert set(document["models"]) == {"student", "sft", "teacher"}
     for model in document["models"].values():
         assert set(model["benchmarks"]) == {"chain_sum", "basic_arithmetic"}
         for metrics in model["benchmarks"].values():
@@ -32,6 +32,25 @@ def test_pipeline_writes_eval_json_with_sane_metrics_for_both_students(finished_
             assert metrics["pass@1"] <= metrics["pass@2"] <= 1.0
             assert 0 < metrics["mean_response_tokens"] <= 160
     assert "pass@1" in result.stdout + result.stderr  # the terminal summary table
+
+
+def test_eval_json_compares_sft_and_teacher_with_the_student_and_sft_with_the_teacher(finished_run):
+    workdir, result = finished_run
+    document = json.loads((workdir / "results" / "eval.json").read_text())
+    pairs = {(c["model"], c["baseline"], c["benchmark"]): c for c in document["comparisons"]}
+    assert set(pairs) == {(model, baseline, bench) for model, baseline in
+                          (("sft", "student"), ("sft", "teacher"), ("teacher", "student"))
+                          for bench in ("chain_sum", "basic_arithmetic")}
+    for (model, baseline, bench), comparison in pairs.items():
+        metrics = document["models"]
+        assert comparison["problems"] == 3
+        assert comparison["pass@1_delta"] == pytest.approx(metrics[model]["benchmarks"][bench]["pass@1"]
+                                                           - metrics[baseline]["benchmarks"][bench]["pass@1"])
+        low, high = comparison["ci95"]
+        assert low <= comparison["pass@1_delta"] <= high and 0 < comparison["p_value"] <= 1
+        # The SFT model against the student says how much of the teacher's gain it recovered (None: no gain).
+        assert ("fraction_of_teacher_gain" in comparison) == ((model, baseline) == ("sft", "student"))
+    assert "paired comparisons" in result.stdout + result.stderr
 
 
 def test_every_teacher_sample_is_a_real_response_with_provenance(finished_run):
@@ -124,7 +143,8 @@ def test_eval_edits_rerun_only_evaluation(finished_run, tmp_path):
         planned = planned_outputs(workdir, edited_config(TINY, tmp_path / "c.yaml", **{key: value}))
         assert set(planned) == {"evaluate", "score_eval", "eval_summary"}, key
         assert planned["evaluate"] == {"results/eval/generations/student.parquet",
-                                       "results/eval/generations/sft.parquet"}, key
+                                       "results/eval/generations/sft.parquet",
+                                       "results/eval/generations/teacher.parquet"}, key
 
 
 def test_reward_edits_rescore_but_never_regenerate(finished_run, tmp_path):
@@ -210,7 +230,7 @@ def test_a_reward_code_edit_that_changes_no_score_retrains_and_resamples_nothing
     finally:
         reward.write_bytes(original)
         os.utime(reward, ns=(times.st_atime_ns, times.st_mtime_ns))
-    assert ran == {"reward": 2, "curate": 1, "score_eval": 2}
+    assert ran == {"reward": 2, "curate": 1, "score_eval": 3}
 
 
 def test_raising_reward_timeout_when_nothing_timed_out_retrains_nothing(finished_run, tmp_path):
@@ -220,7 +240,7 @@ def test_raising_reward_timeout_when_nothing_timed_out_retrains_nothing(finished
     copy = _copy_of(workdir, tmp_path)
     ran = _run_for_real(copy, edited_config(TINY, tmp_path / "c.yaml", **{"reward.timeout_s": 20}),
                         untouched=UNTOUCHED_BY_CUTOFF)
-    assert ran == {"reward": 2, "curate": 1, "score_eval": 2, "eval_summary": 1, "report": 1}
+    assert ran == {"reward": 2, "curate": 1, "score_eval": 3, "eval_summary": 1, "report": 1}
 
 
 def test_a_curate_edit_that_keeps_the_same_set_retrains_nothing(finished_run, tmp_path):

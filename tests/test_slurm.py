@@ -219,7 +219,7 @@ def slurm_run(cluster, tmp_path_factory):
 def test_the_tiny_pipeline_runs_through_sbatch_and_writes_eval_json(slurm_run):
     workdir = slurm_run.workdir
     document = json.loads((workdir / "results" / "eval.json").read_text())
-    assert set(document["models"]) == {"student", "sft"}
+    assert set(document["models"]) == {"student", "sft", "teacher"}
     for model in document["models"].values():
         assert set(model["benchmarks"]) == {"chain_sum", "basic_arithmetic"}
     assert (workdir / "results" / "report.html").is_file()  # a local rule, run where snakemake runs
@@ -228,9 +228,9 @@ def test_the_tiny_pipeline_runs_through_sbatch_and_writes_eval_json(slurm_run):
 def test_every_cluster_job_went_through_sbatch_with_the_profiles_resources(slurm_run):
     jobs = slurm_run.jobs
     per_rule = {rule: sum(job["rule"] == rule for job in jobs) for rule in GPU_RULES | CPU_RULES}
-    # Two shards, two evaluated models; plus the cancelled teacher job and the curate attempt that failed.
-    assert per_rule == {"prepare_data": 1, "teacher": 3, "reward": 2, "curate": 2, "train": 1, "evaluate": 2,
-                        "score_eval": 2, "eval_summary": 1}
+    # Two shards, three evaluated models; plus the cancelled teacher job and the curate attempt that failed.
+    assert per_rule == {"prepare_data": 1, "teacher": 3, "reward": 2, "curate": 2, "train": 1, "evaluate": 3,
+                        "score_eval": 3, "eval_summary": 1}
     assert {job["rule"] for job in jobs} == GPU_RULES | CPU_RULES  # no local rule, no prepare_model
     assert len({job["JobName"] for job in jobs}) == 2  # one SLURM run id per snakemake run
     for job in jobs:

@@ -17,7 +17,8 @@ def test_a_fresh_directory_plans_every_stage_with_one_job_per_shard_and_model(tm
                                         "results/base_models/smollm2-135m-instruct"}
     assert planned["teacher"] == {"results/teacher/00000.parquet", "results/teacher/00001.parquet"}
     assert planned["reward"] == {"results/scored/00000.parquet", "results/scored/00001.parquet"}
-    assert planned["evaluate"] == {"results/eval/generations/student.parquet", "results/eval/generations/sft.parquet"}
+    assert planned["evaluate"] == {"results/eval/generations/student.parquet", "results/eval/generations/sft.parquet",
+                                   "results/eval/generations/teacher.parquet"}
     assert planned["train"] == {"results/models/sft", "results/train/sft/metrics.jsonl", "results/train/sft/summary.json"}
     assert planned["eval_summary"] == {"results/eval.json"}
     assert set(planned) == {"prepare_model", "prepare_data", "teacher", "reward", "curate", "train", "evaluate",
