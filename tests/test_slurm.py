@@ -325,7 +325,8 @@ def test_two_node_training_asks_for_two_nodes_and_gpus_per_node(slurm_run, clust
     one_process = edited_config(TINY, tmp_path / "one_process.yaml", **{"train.gpus": 8, "train.launcher": "python"})
     workdir = tmp_path / "run"
     (workdir / "results" / "sft").mkdir(parents=True)
-    for name in ("train.parquet", "val.parquet"):
+    # All of curate's outputs: train reaches its data through the curate checkpoint, which must look finished.
+    for name in ("train.parquet", "val.parquet", "sha256sums", "stats.json"):
         os.link(slurm_run.workdir / "results" / "sft" / name, workdir / "results" / "sft" / name)
     link_models(workdir, ("smollm2-135m-instruct",))
     only_train = ("results/models/sft", "--allowed-rules", "train")  # the target first: --allowed-rules takes a list

@@ -135,6 +135,9 @@ def test_train_revision_reaches_every_transformers_load(tmp_path, monkeypatch, s
     for cls in ("AutoConfig", "AutoTokenizer", "AutoModelForCausalLM"):
         monkeypatch.setattr(getattr(transformers, cls), "from_pretrained",
                             stand_in(cls, getattr(transformers, cls).from_pretrained))
+    # No process group in the test's own process: it would hold a port, and its RANK and MASTER_PORT would reach
+    # every training the later tests start.
+    monkeypatch.setattr("mathsft.train._init_distributed", lambda: (0, 1))
     cfg = _cfg(tmp_path, model="org/student", revision="0123abc", train_path=str(write_sft_set(tmp_path / "t.parquet")),
                max_length=512)
     with pytest.raises(WeightsRequested):
