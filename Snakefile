@@ -22,10 +22,20 @@ include: "rules/curate.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
 include: "rules/report.smk"
+include: "rules/cost.smk"
+
+
+onstart:
+    record_invocation_start()
+
+
+onsuccess:
+    print_run_summary()
 
 
 rule all:
     input:
         "results/eval.json",
+        "results/cost.json",
         "results/report.html",
     default_target: True

@@ -188,7 +188,7 @@ def summary_table(document: dict) -> str:
             m = model["benchmarks"].get(bench)
             cells.append("-" if m is None else f"{100 * m['pass@1']:.1f} ± {100 * m['pass@1_stderr']:.1f}")
         lines.append(cells)
-    return _text_table(lines)
+    return text_table(lines)
 
 
 def metric_columns(document: dict) -> list[str]:
@@ -249,7 +249,7 @@ def print_comparisons(comparisons: list[dict], file=None) -> None:
     if not comparisons:
         print("(none: needs the student or the teacher and another model evaluated on the same benchmark)", file=file)
         return
-    print(_text_table(comparison_rows(comparisons)), file=file)
+    print(text_table(comparison_rows(comparisons)), file=file)
 
 
 def print_summary(document: dict, file=None) -> None:
@@ -259,12 +259,12 @@ def print_summary(document: dict, file=None) -> None:
     print(SUMMARY_HEADING, file=file)
     print(summary_table(document), file=file)
     print("\nall metrics (%; tokens: mean response length)", file=file)
-    print(_text_table(metrics_rows(document)), file=file)
+    print(text_table(metrics_rows(document)), file=file)
     print("", file=file)
     print_comparisons(document.get("comparisons", []), file=file)
 
 
-def _text_table(lines: list[list[str]]) -> str:
+def text_table(lines: list[list[str]]) -> str:
     widths = [max(len(row[i]) for row in lines) for i in range(len(lines[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in lines)
 

@@ -12,6 +12,7 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
+from mathsft.cost import cost_rows, unit_cost_lines
 from mathsft.evaluate import comparison_rows, metric_columns, metrics_rows
 from mathsft.io import atomic_path
 
@@ -74,21 +75,24 @@ def funnel_steps(stats: dict) -> list[tuple[str, int]]:
 
 
 def build_report(eval_path: str | Path, sample_paths: list[str | Path], train_paths: list[str | Path],
-                 curation_path: str | Path | None, output: str | Path) -> None:
+                 curation_path: str | Path | None, output: str | Path, cost_path: str | Path | None = None) -> None:
     """Read a run's result files and write its report to `output` (atomically)."""
     document = json.loads(Path(eval_path).read_text())
     lengths = read_response_lengths(sample_paths)
     # One run per metrics file, named by its folder: results/train/{run}/metrics.jsonl.
     runs = {Path(path).parent.name: read_train_metrics(path) for path in train_paths}
     curation = json.loads(Path(curation_path).read_text()) if curation_path else None
-    sources = [str(eval_path), *map(str, sample_paths), *map(str, train_paths)] + ([str(curation_path)] if curation_path else [])
-    page = render_report(document, lengths, runs, curation, sources)
+    cost = json.loads(Path(cost_path).read_text()) if cost_path else None
+    sources = ([str(eval_path), *map(str, sample_paths), *map(str, train_paths)]
+               + [str(path) for path in (curation_path, cost_path) if path])
+    page = render_report(document, lengths, runs, curation, sources, cost)
     with atomic_path(output) as tmp:  # the io module's temporary-name-then-rename
         Path(tmp).write_text(page, encoding="utf-8")
 
 
 def render_report(document: dict, lengths: dict[tuple[str, str], list[tuple[int, bool]]],
-                  runs: dict[str, tuple[list[dict], list[dict]]], curation: dict | None, sources: list[str]) -> str:
+                  runs: dict[str, tuple[list[dict], list[dict]]], curation: dict | None, sources: list[str],
+                  cost: dict | None = None) -> str:
     """The report page as HTML text; the same inputs give the same bytes."""
     colors = {label: PALETTE[i % len(PALETTE)] for i, label in enumerate(document["models"])}
     parts = [
@@ -110,6 +114,8 @@ def render_report(document: dict, lengths: dict[tuple[str, str], list[tuple[int,
                 "pass@1 with ± 1 standard error per model x benchmark; pass@k and maj@k at the largest k evaluated."),
         '<h2 id="comparisons">Paired comparisons</h2>',
         *_comparison_parts(document),
+        '<h2 id="cost">Cost</h2>',
+        *_cost_parts(cost),
         '<h2 id="lengths">Response lengths</h2>',
     ]
     if lengths:
@@ -288,6 +294,20 @@ def _comparison_parts(document: dict) -> list[str]:
                     "p from the sign-flip permutation test. A bar whose interval reaches the zero line is not told "
                     "apart from its baseline."),
             _table(comparison_rows(comparisons), text_columns=3, table_id="comparisons-table")]
+
+
+def _cost_parts(cost: dict | None) -> list[str]:
+    """The cost ledger's table per stage, its two totals, and the cost per kept trajectory and per point."""
+    if cost is None:
+        return ['<p class="note">No cost ledger in this report.</p>']
+    started = cost["invocation_started_at"]
+    return ['<p class="note">From results/cost.json: the Snakemake benchmark file of each job, the token '
+            "counts of the records and the training metrics. Wall seconds are summed over jobs; GPU seconds are wall x GPUs asked, "
+            "CPU seconds those of jobs that asked for none. A job that did not rerun keeps the cost of the run that "
+            "made its output; \"ran now\" counts the jobs of the invocation that began "
+            f"{_e(started) if started else '(unknown)'}.</p>",
+            _table(cost_rows(cost), text_columns=1, table_id="cost-table"),
+            "<ul>" + "".join(f"<li>{_e(line)}</li>" for line in unit_cost_lines(cost)) + "</ul>"]
 
 
 def _curation_parts(stats: dict) -> list[str]:

@@ -25,6 +25,8 @@ checkpoint curate:
         CONDA_ENV
     log:
         "logs/curate.log",
+    benchmark:
+        "benchmarks/curate.tsv"
     shell:
         "python {SCRIPTS:q}/curate_sft.py --inputs {input.scored:q} --train {output.train:q} --val {output.val:q}"
         " --stats {output.stats:q} --sha256sums {output.sha256sums:q} --reward_threshold {params.reward_threshold}"

@@ -11,6 +11,8 @@ rule fetch_dataset:
         CONDA_ENV
     log:
         "logs/data/fetch_{name}.log",
+    benchmark:
+        "benchmarks/data/fetch_{name}.tsv"
     shell:
         "python {SCRIPTS:q}/fetch_dataset.py --name {wildcards.name} {params.options:q}"
         " --output {output:q} > {log:q} 2>&1"
@@ -31,5 +33,7 @@ rule prepare_data:
         CONDA_ENV
     log:
         "logs/data/prepare.log",
+    benchmark:
+        "benchmarks/data/prepare.tsv"
     shell:
         "python {SCRIPTS:q}/prepare_math_data.py {params.options:q} --output_dir results/data > {log:q} 2>&1"

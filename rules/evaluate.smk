@@ -67,6 +67,8 @@ checkpoint score_eval:
         CONDA_ENV
     log:
         "logs/eval/{model}.score.log",
+    benchmark:
+        "benchmarks/eval_scoring/{model}.tsv"
     shell:
         "python {SCRIPTS:q}/score_trajectories.py --kind eval --input {input.samples:q} --output {output.scored:q}"
         " --sha256sums {output.sha256sums:q}"
@@ -75,8 +77,8 @@ checkpoint score_eval:
 
 rule eval_summary:
     """results/eval.json: metrics per model x benchmark, with provenance, checked against
-    schemas/eval.schema.json, and the paired comparisons of each model with the student and the teacher (v3);
-    prints a pass@1 table, a table of every metric and the comparisons."""
+    schemas/eval.schema.json, and the paired comparisons of each model with the student and the teacher (v3).
+    Its log holds the tables the run prints at its end (the onsuccess handler, rules/cost.smk)."""
     input:
         scored=ancient(expand("results/eval/{model}.parquet", model=eval_labels())),
         # The metrics' and comparisons' code: editing it remakes eval.json.
@@ -93,6 +95,8 @@ rule eval_summary:
         CONDA_ENV
     log:
         "logs/eval/summary.log",
+    benchmark:
+        "benchmarks/summary.tsv"
     shell:
         "python {SCRIPTS:q}/summarize_eval.py --inputs {input.scored:q} --output {output:q}"
-        " --pass_k {params.pass_k} --seed {params.seed} --config_hash {params.config_hash} 2>&1 | tee {log:q}"
+        " --pass_k {params.pass_k} --seed {params.seed} --config_hash {params.config_hash} > {log:q} 2>&1"

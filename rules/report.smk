@@ -3,6 +3,7 @@ rule report:
     lengths, the curation funnel and the metrics table. No params: it reruns only when its inputs change."""
     input:
         eval="results/eval.json",
+        cost="results/cost.json",
         samples=ancient(expand("results/eval/{model}.parquet", model=eval_labels())),
         train=report_training_metrics(),
         curation=report_curation_stats(),
@@ -17,6 +18,8 @@ rule report:
         CONDA_ENV
     log:
         "logs/report.log",
+    benchmark:
+        "benchmarks/report.tsv"
     shell:
         "python {SCRIPTS:q}/make_report.py --eval {input.eval:q} --samples {input.samples:q}"
-        " --train_metrics {input.train:q} --curation {input.curation:q} --output {output:q} > {log:q} 2>&1"
+        " --train_metrics {input.train:q} --curation {input.curation:q} --cost {input.cost:q} --output {output:q} > {log:q} 2>&1"

@@ -13,6 +13,8 @@ rule reward:
         CONDA_ENV
     log:
         "logs/reward/{shard}.log",
+    benchmark:
+        "benchmarks/reward/{shard}.tsv"
     shell:
         "python {SCRIPTS:q}/score_trajectories.py --kind teacher --input {input.trajectories:q} --output {output:q}"
         " --timeout_s {params.timeout_s} --workers {threads} > {log:q} 2>&1"

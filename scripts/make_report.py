@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Write results/report.html: one self-contained page with the metrics table and bars, the paired comparisons
 with the student and teacher (delta bars with 95% intervals, and their table), response-length histograms,
-training loss and learning-rate curves, and the curation funnel of a run."""
+training loss and learning-rate curves, the curation funnel and the cost ledger of a run."""
 
 from __future__ import annotations
 
@@ -16,10 +16,11 @@ def main() -> None:
     parser.add_argument("--samples", nargs="*", default=[], help="results/eval/{model}.parquet files (response lengths)")
     parser.add_argument("--train_metrics", nargs="*", default=[], help="results/train/{run}/metrics.jsonl files")
     parser.add_argument("--curation", nargs="?", default=None, help="results/sft/stats.json (the curation funnel)")
+    parser.add_argument("--cost", default=None, help="results/cost.json (the cost ledger)")
     parser.add_argument("--output", default="results/report.html")
     args = parser.parse_args()
     try:
-        build_report(args.eval, args.samples, args.train_metrics, args.curation, args.output)
+        build_report(args.eval, args.samples, args.train_metrics, args.curation, args.output, args.cost)
     except (OSError, ValueError) as exc:
         raise SystemExit(f"make_report: {exc}") from exc
     print(f"wrote {args.output}")

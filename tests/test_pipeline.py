@@ -53,6 +53,35 @@ def test_eval_json_compares_sft_and_teacher_with_the_student_and_sft_with_the_te
     assert "paired comparisons" in result.stdout + result.stderr
 
 
+def _stage(ledger: dict, name: str) -> dict:
+    return next(stage for stage in ledger["stages"] if stage["stage"] == name)
+
+
+def test_the_cost_ledger_counts_every_job_of_the_run_and_the_summary_prints_it(finished_run):
+    workdir, result = finished_run
+    ledger = json.loads((workdir / "results" / "cost.json").read_text())
+    assert [stage["stage"] for stage in ledger["stages"]] == [
+        "models", "data", "teacher", "reward", "curate", "train", "evaluate", "eval_scoring", "summary"]
+    # The fixture links converted models in: no prepare_model job ran, and the ledger says so.
+    assert _stage(ledger, "models")["unmeasured_jobs"] == _stage(ledger, "models")["job_count"] == 2
+    ran = [job for stage in ledger["stages"][1:] for job in stage["jobs"]]
+    assert len(ran) == 1 + 2 + 2 + 1 + 1 + 3 + 3 + 1
+    assert all(job["measured"] and job["this_invocation"] and job["wall_s"] > 0 and job["gpus"] == 0 for job in ran)
+    assert all(job["device_s"] == job["cpu_s"] for job in ran)  # no GPU asked: CPU-seconds
+    assert ledger["totals"]["this_invocation"] == ledger["totals"]["to_make_what_is_here"] | {"job_count": len(ran),
+                                                                                            "unmeasured_jobs": 0}
+    teacher_rows = pq.read_table(workdir / "results" / "teacher" / "00000.parquet").num_rows
+    assert _stage(ledger, "teacher")["tokens_out"] > teacher_rows  # every sample has completion tokens
+    steps = [json.loads(line) for line in (workdir / "results/train/sft/metrics.jsonl").read_text().splitlines()]
+    assert _stage(ledger, "train")["tokens_in"] == sum(row["tokens"] for row in steps if "tokens" in row)
+    kept = json.loads((workdir / "results" / "sft" / "stats.json").read_text())["funnel"]["kept"]
+    assert ledger["per_kept_trajectory"]["kept"] == kept
+    assert _stage(ledger, "teacher")["max_rss_mb"] > 1000  # the job's process tree holds the vLLM server
+    assert "cost per stage" in result.stdout and "total (what is here)" in result.stdout
+    assert 'id="cost-table"' in (workdir / "results" / "report.html").read_text()
+    assert planned_outputs(workdir, TINY, target="results/cost.json") == {}
+
+
 def test_every_teacher_sample_is_a_real_response_with_provenance(finished_run):
     workdir, _ = finished_run
     rows = [r for path in sorted((workdir / "results" / "teacher").glob("*.parquet")) for r in pq.read_table(path).to_pylist()]
@@ -201,7 +230,8 @@ REMADE_THE_SAME = ("results/sft/train.parquet", "results/sft/val.parquet", "resu
 # Never rewritten: what training and evaluation made.
 UNTOUCHED_BY_CUTOFF = ("results/models/sft/model.safetensors", "results/train/sft/metrics.jsonl",
                        "results/eval/generations/student.parquet", "results/eval/generations/sft.parquet")
-SUMMARY = ("results/eval.json", "results/report.html")
+# The report is remade after any job ran: it shows the cost ledger, which changed.
+SUMMARY = ("results/eval.json",)
 
 
 def _run_for_real(copy, configfile, untouched=UNTOUCHED_BY_CUTOFF + SUMMARY):
@@ -230,7 +260,14 @@ def test_a_reward_code_edit_that_changes_no_score_retrains_and_resamples_nothing
     finally:
         reward.write_bytes(original)
         os.utime(reward, ns=(times.st_atime_ns, times.st_mtime_ns))
-    assert ran == {"reward": 2, "curate": 1, "score_eval": 3}
+    assert ran == {"reward": 2, "curate": 1, "score_eval": 3, "cost": 1, "report": 1}
+    # The ledger: the reruns are this invocation's; training keeps the cost of the run that made the model.
+    before = json.loads((workdir / "results" / "cost.json").read_text())
+    after = json.loads((copy / "results" / "cost.json").read_text())
+    now = {job["name"].split()[0] for stage in after["stages"] for job in stage["jobs"] if job["this_invocation"]}
+    assert now == {"reward", "curate", "score_eval"}
+    assert _stage(after, "train") == _stage(before, "train") | {"jobs": [
+        job | {"this_invocation": False} for job in _stage(before, "train")["jobs"]]}
 
 
 def test_raising_reward_timeout_when_nothing_timed_out_retrains_nothing(finished_run, tmp_path):
@@ -240,7 +277,7 @@ def test_raising_reward_timeout_when_nothing_timed_out_retrains_nothing(finished
     copy = _copy_of(workdir, tmp_path)
     ran = _run_for_real(copy, edited_config(TINY, tmp_path / "c.yaml", **{"reward.timeout_s": 20}),
                         untouched=UNTOUCHED_BY_CUTOFF)
-    assert ran == {"reward": 2, "curate": 1, "score_eval": 3, "eval_summary": 1, "report": 1}
+    assert ran == {"reward": 2, "curate": 1, "score_eval": 3, "eval_summary": 1, "cost": 1, "report": 1}
 
 
 def test_a_curate_edit_that_keeps_the_same_set_retrains_nothing(finished_run, tmp_path):
@@ -251,7 +288,7 @@ def test_a_curate_edit_that_keeps_the_same_set_retrains_nothing(finished_run, tm
     copy = _copy_of(workdir, tmp_path)
     edited = edited_config(TINY, tmp_path / "c.yaml", **{"curate.reward_threshold": 0.5})
     ran = _run_for_real(copy, edited, untouched=UNTOUCHED_BY_CUTOFF)
-    assert ran == {"curate": 1, "score_eval": 1, "eval_summary": 1, "report": 1}
+    assert ran == {"curate": 1, "score_eval": 1, "eval_summary": 1, "cost": 1, "report": 1}
     assert json.loads((copy / "results" / "sft" / "stats.json").read_text())["params"]["reward_threshold"] == 0.5
 
 
@@ -265,7 +302,7 @@ def test_a_curate_edit_that_changes_the_set_retrains(finished_run, tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (copy / "results/sft/train.parquet").read_bytes() != (workdir / "results/sft/train.parquet").read_bytes()
     planned = planned_outputs(copy, edited, target="results/report.html")
-    assert set(planned) == {"train", "evaluate", "score_eval", "eval_summary", "report"}
+    assert set(planned) == {"train", "evaluate", "score_eval", "eval_summary", "cost", "report"}
     assert planned["evaluate"] == {"results/eval/generations/sft.parquet"}
 
 
@@ -338,6 +375,6 @@ def test_the_report_is_remade_only_through_its_inputs(finished_run, tmp_path):
     assert _report_reasons(workdir, TINY) is None
     edited = edited_config(TINY, tmp_path / "c.yaml", **{"eval.samples_per_problem": 3})
     planned = planned_outputs(workdir, edited, target="results/report.html")
-    assert set(planned) == {"evaluate", "score_eval", "eval_summary", "report"}
+    assert set(planned) == {"evaluate", "score_eval", "eval_summary", "cost", "report"}
     reason = _report_reasons(workdir, edited)
     assert "Input files updated by another job" in reason and "Params" not in reason and "Code" not in reason

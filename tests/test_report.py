@@ -79,8 +79,27 @@ def _synthetic_run(root: Path, training: bool = True) -> dict[str, list[str]]:
             "problems": {"generated": 64, "kept": 30}, "splits": {"train": {"traces": 46, "problems": 27},
                                                               "val": {"traces": 6, "problems": 3}},
             "something_new": [1, 2, 3]}))
-        args |= {"--train_metrics": [str(metrics)], "--curation": [str(stats)]}
+        args |= {"--train_metrics": [str(metrics)], "--curation": [str(stats)], "--cost": [_cost_ledger(root)]}
     return args
+
+
+def _cost_ledger(root: Path) -> str:
+    """results/cost.json written by scripts/write_cost.py from two benchmark files (Snakemake's columns)."""
+    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    for name, row in (("teacher", "120.5\t0:02:00\t8000.0\t1\t1\t1\t0\t0\t150\t200.25"),
+                      ("train", "60.0\t0:01:00\t3000.0\t1\t1\t1\t0\t0\t180\t100.0")):
+        (root / "benchmarks").mkdir(exist_ok=True)
+        (root / "benchmarks" / f"{name}.tsv").write_text(header + row + "\n")
+    output = root / "results" / "cost.json"
+    subprocess.run([sys.executable, str(REPO / "scripts" / "write_cost.py"),
+                    "--job", f"teacher:teacher 00000:0:{root}/benchmarks/teacher.tsv",
+                    f"train:train sft:0:{root}/benchmarks/train.tsv",
+                    "--train_metrics", str(root / "results" / "train" / "sft" / "metrics.jsonl"),
+                    "--curate_stats", str(root / "results" / "sft" / "stats.json"),
+                    "--eval_json", str(root / "results" / "eval.json"),
+                    "--invocation_start_file", str(root / "no-start-file"), "--output", str(output)],
+                   capture_output=True, text=True, check=True)
+    return str(output)
 
 
 def _make_report(args: dict[str, list[str]], output: Path) -> subprocess.CompletedProcess:
@@ -120,7 +139,8 @@ def test_the_same_inputs_make_the_same_report_bytes(report, tmp_path):
     args = {"--eval": [str(report.parent / "eval.json")],
             "--samples": [str(report.parent / "eval" / f"{m}.parquet") for m in MODELS],
             "--train_metrics": [str(report.parent / "train" / "sft" / "metrics.jsonl")],
-            "--curation": [str(report.parent / "sft" / "stats.json")]}
+            "--curation": [str(report.parent / "sft" / "stats.json")],
+            "--cost": [str(report.parent / "cost.json")]}
     again = tmp_path / "again.html"
     assert _make_report(args, again).returncode == 0
     assert again.read_bytes() == report.read_bytes()
@@ -197,6 +217,18 @@ def test_training_metrics_split_into_steps_and_validations(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 1, "loss": 2.0, "lr": 0.1}\n\n{"step": 1, "val_loss": 1.5}\n')
     assert read_train_metrics(path) == ([{"step": 1, "loss": 2.0, "lr": 0.1}], [{"step": 1, "val_loss": 1.5}])
+
+
+def test_the_cost_table_shows_each_stage_the_totals_and_the_cost_per_kept_trajectory(report):
+    page = report.read_text()
+    table = re.search(r'<table id="cost-table">(.*?)</table>', page, re.S).group(1)
+    rows = re.findall(r"<tr>(.*?)</tr>", table, re.S)
+    cells = [re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row) for row in rows]
+    assert [row[0] for row in cells] == ["stage", "teacher", "train", "total (what is here)", "this invocation"]
+    assert cells[1][:5] == ["teacher", "1", "120.5", "0", "200.2"]
+    assert cells[3][:5] == ["total (what is here)", "2", "180.5", "0", "300.2"]
+    assert cells[4][:2] == ["this invocation", "0"]  # no start file: nothing is counted as this invocation's
+    assert "per kept trajectory (52 kept; teacher): 2.317 wall s" in page
 
 
 def test_the_synthetic_eval_json_follows_its_schema(report):

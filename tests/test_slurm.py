@@ -225,6 +225,19 @@ def test_the_tiny_pipeline_runs_through_sbatch_and_writes_eval_json(slurm_run):
     assert (workdir / "results" / "report.html").is_file()  # a local rule, run where snakemake runs
 
 
+def test_the_cost_ledger_counts_gpu_seconds_for_the_gpu_jobs_through_slurm(slurm_run):
+    """Benchmark files are written by the jobs on the cluster's node; a job that asked for a GPU costs wall x 1."""
+    ledger = json.loads((slurm_run.workdir / "results" / "cost.json").read_text())
+    jobs = {job["name"]: job for stage in ledger["stages"] if stage["stage"] != "models" for job in stage["jobs"]}
+    assert all(job["measured"] for job in jobs.values()), [name for name, job in jobs.items() if not job["measured"]]
+    for name, job in jobs.items():
+        expected = job["wall_s"] if name.split()[0] in GPU_RULES else job["cpu_s"]
+        assert (job["gpus"], job["device_s"]) == (int(name.split()[0] in GPU_RULES), expected), name
+    assert ledger["totals"]["to_make_what_is_here"]["gpu_s"] > 0
+    # The second run finished what the first (stopped by scancel) left: the data it made is not this run's cost.
+    assert not jobs["prepare_data"]["this_invocation"] and jobs["eval_summary"]["this_invocation"]
+
+
 def test_every_cluster_job_went_through_sbatch_with_the_profiles_resources(slurm_run):
     jobs = slurm_run.jobs
     per_rule = {rule: sum(job["rule"] == rule for job in jobs) for rule in GPU_RULES | CPU_RULES}

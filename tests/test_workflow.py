@@ -25,6 +25,19 @@ def test_a_fresh_directory_plans_every_stage_with_one_job_per_shard_and_model(tm
                             "score_eval", "eval_summary"}
 
 
+def test_every_rule_writes_a_benchmark_file_for_the_cost_ledger():
+    """The ledger (rules/cost.smk) reads each job's benchmark file; `all` runs nothing."""
+    missing, checked = [], set()
+    for path in sorted((REPO / "rules").glob("*.smk")) + [REPO / "Snakefile"]:
+        blocks = re.split(r"^(?=(?:rule|checkpoint) \w+:)", path.read_text(), flags=re.M)
+        for block in blocks[1:]:
+            name = re.match(r"(?:rule|checkpoint) (\w+):", block).group(1)
+            checked.add(name)
+            if name != "all" and not re.search(r"^    benchmark:\n        \"benchmarks/", block, flags=re.M):
+                missing.append(f"{path.name}: {name}")
+    assert missing == [] and {"prepare_model", "teacher", "curate", "score_eval", "cost", "report", "all"} <= checked
+
+
 def test_the_embedded_default_plans_two_teacher_shards(tmp_path):
     planned = planned_outputs(tmp_path, REPO / "config" / "config.yaml")
     assert planned["teacher"] == {"results/teacher/00000.parquet", "results/teacher/00001.parquet"}

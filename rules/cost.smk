@@ -1,0 +1,107 @@
+# The cost ledger, results/cost.json (mathsft/cost.py). Each job's benchmark file is read, not named as an input:
+# an input would make a job without one (a run made before its rule kept a benchmark) run again. The ledger takes
+# every stage's outputs instead, so that it is rewritten whenever any job ran.
+import time
+import types
+
+INVOCATION_START_FILE = ".snakemake/mathsft/invocation_start"
+
+
+def cost_stages_sft():
+    """Whether the run makes an SFT model: the teacher, reward, curate and train stages are in the ledger."""
+    return config["train"]["run_name"] in eval_labels()
+
+
+def cost_model_names():
+    """The embedded models the run converts (prepare_model jobs)."""
+    folders = [folder for label in eval_labels() for folder in eval_model_input(types.SimpleNamespace(model=label))]
+    if cost_stages_sft():
+        folders += teacher_model_inputs() + model_inputs(config["train"]["model"])
+    return [os.path.basename(folder) for folder in dict.fromkeys(folders) if folder.startswith("results/base_models/")]
+
+
+def cost_jobs():
+    """Every job whose cost the ledger counts, as STAGE:NAME:GPUS:BENCHMARK (scripts/write_cost.py --job)."""
+    jobs = [f"models:prepare_model {name}:0:benchmarks/models/{name}.tsv" for name in cost_model_names()]
+    jobs += [f"data:fetch_dataset {os.path.basename(path)[:-8]}:0:benchmarks/data/fetch_{os.path.basename(path)[:-8]}.tsv"
+             for path in data_inputs() if path.startswith("results/data/raw/")]
+    jobs.append("data:prepare_data:0:benchmarks/data/prepare.tsv")
+    if cost_stages_sft():
+        gpus = job_gpus("teacher")
+        jobs += [f"teacher:teacher {shard}:{gpus}:benchmarks/teacher/{shard}.tsv" for shard in shard_ids()]
+        jobs += [f"reward:reward {shard}:0:benchmarks/reward/{shard}.tsv" for shard in shard_ids()]
+        jobs.append("curate:curate:0:benchmarks/curate.tsv")
+        run = config["train"]["run_name"]
+        jobs.append(f"train:train {run}:{config['train']['gpus'] * config['train']['nodes']}:benchmarks/train/{run}.tsv")
+    for label in eval_labels():
+        gpus = eval_job_gpus(types.SimpleNamespace(model=label))
+        jobs.append(f"evaluate:evaluate {label}:{gpus}:benchmarks/eval/{label}.tsv")
+        jobs.append(f"eval_scoring:score_eval {label}:0:benchmarks/eval_scoring/{label}.tsv")
+    jobs.append("summary:eval_summary:0:benchmarks/summary.tsv")
+    return jobs
+
+
+def cost_inputs():
+    """Every stage's outputs (not ancient): any job that ran rewrote one of them, and the ledger is rewritten."""
+    inputs = {"models": [f"results/base_models/{name}" for name in cost_model_names()],
+              "data": "results/data/report.json",
+              "eval_samples": expand("results/eval/generations/{model}.parquet", model=eval_labels()),
+              "scored_eval": expand("results/eval/{model}.parquet", model=eval_labels()),
+              "eval": "results/eval.json",
+              "code": os.path.join(LIBRARY, "cost.py")}
+    if cost_stages_sft():
+        inputs |= {"teacher": expand("results/teacher/{shard}.parquet", shard=shard_ids()),
+                   "scored": expand("results/scored/{shard}.parquet", shard=shard_ids()),
+                   "stats": "results/sft/stats.json",
+                   "train_metrics": f"results/train/{config['train']['run_name']}/metrics.jsonl"}
+    return inputs
+
+
+def cost_options():
+    """write_cost.py's source files beyond the benchmarks, as argv words."""
+    inputs = cost_inputs()
+    words = ["--eval_samples", *inputs["eval_samples"], "--eval_json", inputs["eval"]]
+    if cost_stages_sft():
+        words += ["--teacher_samples", *inputs["teacher"], "--train_metrics", inputs["train_metrics"],
+                  "--curate_stats", inputs["stats"]]
+    return words
+
+
+def record_invocation_start():
+    """onstart: when this invocation began, for the ledger's "this invocation" totals (jobs re-read nothing here:
+    a cluster job's own Snakemake runs with --no-hooks)."""
+    os.makedirs(os.path.dirname(INVOCATION_START_FILE), exist_ok=True)
+    with open(INVOCATION_START_FILE, "w") as handle:
+        handle.write(f"{time.time():.3f}\n")
+
+
+def print_run_summary():
+    """onsuccess: the end-of-run summary (pass@1, every metric, the paired comparisons, the cost ledger) from
+    the eval.json and cost.json this invocation wrote."""
+    from mathsft.cost import read_invocation_start
+    from mathsft.summary import print_run_summary as print_summary
+
+    print_summary("results/eval.json", "results/cost.json", read_invocation_start(INVOCATION_START_FILE))
+
+
+rule cost:
+    """results/cost.json: the cost ledger (mathsft/cost.py), checked against schemas/cost.schema.json."""
+    input:
+        **cost_inputs(),
+        # After every checkpoint before it (early cutoff, common.smk).
+        **after_scored_eval(),
+    output:
+        report("results/cost.json", category="Evaluation", labels={"file": "cost.json"}),
+    params:
+        jobs=cost_jobs(),
+        options=cost_options(),
+    localrule: True
+    conda:
+        CONDA_ENV
+    log:
+        "logs/cost.log",
+    benchmark:
+        "benchmarks/cost.tsv"
+    shell:
+        "python {SCRIPTS:q}/write_cost.py --job {params.jobs:q} {params.options:q}"
+        " --invocation_start_file {INVOCATION_START_FILE:q} --output {output:q} > {log:q} 2>&1"
