@@ -8,6 +8,8 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
+from mathsft.io import METADATA_COLUMNS, PROBLEM_SCHEMA
+
 _WS = re.compile(r"\s+")
 _WORD = re.compile(r"\w+")
 
@@ -122,10 +124,25 @@ def answer_text(value) -> str | None:
     return text or None
 
 
+def label_text(value) -> str | None:
+    """A problem's level or subject as text: numbers without a spurious `.0` (MATH-500 stores level 1-5 as an
+    integer), a list as its items joined by commas, None for a missing or empty value."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        parts = [label_text(v) for v in value]
+        return ", ".join(p for p in parts if p) or None
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    text = str(value).strip()
+    return text or None
+
+
 def clean_problems(stream, counts: Counts, seen: set[str], decontaminator: Decontaminator | None = None,
-                   max_chars: int | None = None) -> Iterator[dict[str, str]]:
+                   max_chars: int | None = None) -> Iterator[dict[str, str | None]]:
     """Normalise rows from `stream`, dropping (and counting in `counts`) rows with no problem or answer,
-    over-long ones, duplicates (ids in `seen`) and rows that overlap an evaluation set."""
+    over-long ones, duplicates (ids in `seen`) and rows that overlap an evaluation set. A row's level and subject,
+    where it has them, are kept as text (label_text); they are None where it has not."""
     for row in stream:
         problem = row["problem"].strip() if isinstance(row["problem"], str) else None
         if not problem:
@@ -148,11 +165,12 @@ def clean_problems(stream, counts: Counts, seen: set[str], decontaminator: Decon
             if bench is not None:
                 counts.contaminated[bench] = counts.contaminated.get(bench, 0) + 1
                 continue
-        yield {"problem_id": pid, "source": row["source"], "problem": problem, "answer": wrap_answer(answer)}
+        yield {"problem_id": pid, "source": row["source"], "problem": problem, "answer": wrap_answer(answer),
+               "level": label_text(row.get("level")), "subject": label_text(row.get("subject"))}
 
 
 def take_problems(stream, count: int, counts: Counts, seen: set[str], decontaminator: Decontaminator | None = None,
-                  max_chars: int | None = None) -> list[dict[str, str]]:
+                  max_chars: int | None = None) -> list[dict[str, str | None]]:
     """The first `count` rows of `stream` that survive clean_problems."""
     kept = []
     for row in clean_problems(stream, counts, seen, decontaminator, max_chars):
@@ -247,3 +265,17 @@ def prepare_datasets(
                         "contaminated_by_benchmark": contaminated},
               "benchmarks": bench_counts, "ngram": ngram, "seed": seed}
     return train, bench_sets, report
+
+
+def benchmark_problems(benchmarks: list[tuple[str, list[dict]]]
+                       ) -> tuple[list[dict], dict[tuple[str, str], dict[str, str | None]]]:
+    """From (benchmark name, its rows) pairs: the problems evaluation samples, each its own fields
+    (PROBLEM_SCHEMA) and its benchmark's name, and the metadata (level, subject) by (benchmark, problem id), to
+    put back on the samples. Metadata stays out of what is sampled: the sample store digests those rows
+    (mathsft.generate.journal_fingerprint), so metadata added to a benchmark never resamples it."""
+    problems, metadata = [], {}
+    for benchmark, rows in benchmarks:
+        for row in rows:
+            problems.append({name: row[name] for name in PROBLEM_SCHEMA.names} | {"benchmark": benchmark})
+            metadata[benchmark, row["problem_id"]] = {name: row.get(name) for name in METADATA_COLUMNS}
+    return problems, metadata

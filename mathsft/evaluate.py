@@ -1,11 +1,13 @@
-"""Evaluation metrics per model x benchmark (pass@1 with its standard error, unbiased pass@k, maj@k, response
-length, truncation and no-answer rates), the results/eval.json document with its paired comparisons
-(mathsft.compare), its schema check, and the tables printed at the end of a run."""
+"""Evaluation metrics per model x benchmark (pass@1 with its standard error, also per problem level and subject
+where the benchmark gives them, unbiased pass@k, maj@k, response length, truncation and no-answer rates), the
+results/eval.json document with its paired comparisons (mathsft.compare), its schema check, and the tables
+printed at the end of a run."""
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -24,6 +26,9 @@ COMPARISONS_HEADING = ("paired comparisons: pass@1 delta (points, model - baseli
                        "(paired bootstrap), p (sign-flip permutation test)")
 # The bootstrap and permutation seed when the sampling seed is unknown.
 DEFAULT_COMPARISON_SEED = 0
+# Problem metadata pass@1 is also given by: the rows' column -> the benchmark metrics' key.
+GROUPINGS = {"level": "by_level", "subject": "by_subject"}
+LEVELS_HEADING = "pass@1 (%) by problem level"
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -79,10 +84,33 @@ def mean_and_stderr(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(variance / count)
 
 
+def natural_key(text: str) -> list:
+    """Sort key that orders the numbers inside text by value: level 2 before level 10."""
+    # re.split with a group alternates text and digit runs: odd places hold the numbers.
+    return [int(part) if place % 2 else part for place, part in enumerate(re.split(r"(\d+)", text))]
+
+
+def pass1_by(by_problem: dict[str, list[dict]], samples_per_problem: int, column: str) -> dict[str, dict]:
+    """problems, pass@1 and pass@1_stderr (as for the whole benchmark) over the problems of each value of
+    `column` (level or subject) in natural order; problems with no value are left out, so it is empty when
+    none has one."""
+    fractions_by_value: dict[str, list[float]] = defaultdict(list)
+    for samples in by_problem.values():
+        value = samples[0].get(column)
+        if value is not None:
+            fractions_by_value[value].append(sum(s["reward"] >= 1.0 for s in samples) / samples_per_problem)
+    groups = {}
+    for value in sorted(fractions_by_value, key=natural_key):
+        pass1, pass1_stderr = mean_and_stderr(fractions_by_value[value])
+        groups[value] = {"problems": len(fractions_by_value[value]), "pass@1": pass1, "pass@1_stderr": pass1_stderr}
+    return groups
+
+
 def benchmark_metrics(rows: Iterable[dict], pass_k: list[int]) -> dict:
     """Metrics of one model on one benchmark from its scored per-sample rows (problem_id, sample_index,
-    reward, extracted_answer, verifier_status, finish_reason, completion_tokens). pass@k and maj@k are
-    given for each k in pass_k with 1 < k <= n."""
+    reward, extracted_answer, verifier_status, finish_reason, completion_tokens; level and subject where the
+    benchmark has them). pass@k and maj@k are given for each k in pass_k with 1 < k <= n; by_level and
+    by_subject only where some problem has a level or a subject."""
     by_problem: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
         by_problem[row["problem_id"]].append(row)
@@ -117,6 +145,10 @@ def benchmark_metrics(rows: Iterable[dict], pass_k: list[int]) -> dict:
     metrics["no_answer_rate"] = sum(s["verifier_status"] == "no_answer" for s in samples) / len(samples)
     counts = Counter(s["verifier_status"] for s in samples)
     metrics["verifier_status"] = {status: counts.get(status, 0) for status in VERIFIER_STATUSES}
+    for column, key in GROUPINGS.items():
+        groups = pass1_by(by_problem, n, column)
+        if groups:
+            metrics[key] = groups
     return metrics
 
 
@@ -218,6 +250,21 @@ def metrics_rows(document: dict) -> list[list[str]]:
     return rows
 
 
+def level_rows(document: dict) -> list[list[str]]:
+    """pass@1 (%) per problem level of each model x benchmark that has levels, as text cells, header first (only
+    the header when no benchmark has levels)."""
+    levels = sorted({level for model in document["models"].values() for metrics in model["benchmarks"].values()
+                     for level in metrics.get("by_level", {})}, key=natural_key)
+    rows = [["model", "benchmark"] + levels]
+    for label, model in document["models"].items():
+        for bench, metrics in model["benchmarks"].items():
+            if "by_level" in metrics:
+                groups = metrics["by_level"]
+                rows.append([label, bench] + [f"{100 * groups[level]['pass@1']:.1f}" if level in groups else "-"
+                                              for level in levels])
+    return rows
+
+
 def comparison_rows(comparisons: list[dict]) -> list[list[str]]:
     """Each comparison as text cells (percentage points), header first: the comparisons table of the terminal
     and of the report."""
@@ -253,13 +300,18 @@ def print_comparisons(comparisons: list[dict], file=None) -> None:
 
 
 def print_summary(document: dict, file=None) -> None:
-    """The end-of-run tables: pass@1 ± stderr per model x benchmark, every metric (in %), then the paired
-    comparisons of each model with the student (and teacher)."""
+    """The end-of-run tables: pass@1 ± stderr per model x benchmark, every metric (in %), pass@1 per problem
+    level where benchmarks have levels, then the paired comparisons of each model with the student (and
+    teacher)."""
     file = file or sys.stdout
     print(SUMMARY_HEADING, file=file)
     print(summary_table(document), file=file)
     print("\nall metrics (%; tokens: mean response length)", file=file)
     print(text_table(metrics_rows(document)), file=file)
+    levels = level_rows(document)
+    if len(levels) > 1:
+        print(f"\n{LEVELS_HEADING}", file=file)
+        print(text_table(levels), file=file)
     print("", file=file)
     print_comparisons(document.get("comparisons", []), file=file)
 

@@ -21,6 +21,22 @@ PROBLEM_SCHEMA = pa.schema(
     ]
 )
 
+# What a benchmark says about each problem beyond its text, as text (MATH-500: level "1".."5" and subject); null
+# where it says nothing. Evaluation groups pass@1 by them. They never decide a sample: the sample store neither
+# keys on nor journals them (mathsft.data.benchmark_problems), and training problems do not carry them.
+_METADATA_FIELDS = [
+    ("level", pa.string()),
+    ("subject", pa.string()),
+]
+METADATA_COLUMNS = tuple(name for name, _ in _METADATA_FIELDS)
+
+# Columns added to a schema after files of it were written: a row or file without them is read and written with
+# them null (every other column of the schema is required).
+OPTIONAL_COLUMNS = frozenset(METADATA_COLUMNS)
+
+# An evaluation set: its problems and their metadata (results/data/bench/{bench}.parquet).
+BENCHMARK_SCHEMA = pa.schema(list(PROBLEM_SCHEMA) + [pa.field(name, type_) for name, type_ in _METADATA_FIELDS])
+
 _SAMPLE_FIELDS = [
     ("problem_id", pa.string()),
     ("source", pa.string()),
@@ -55,12 +71,13 @@ SCORED_SCHEMA = pa.schema(_SAMPLE_FIELDS + _SCORE_FIELDS)
 
 _EVAL_FIELDS = [("evaluated_model", pa.string()), ("benchmark", pa.string())]
 
-EVAL_GENERATION_SCHEMA = pa.schema(_EVAL_FIELDS + _SAMPLE_FIELDS)
+EVAL_GENERATION_SCHEMA = pa.schema(_EVAL_FIELDS + _SAMPLE_FIELDS + _METADATA_FIELDS)
 
-# What evaluation sampling journals per sample: the evaluated model's label is added only after sampling.
-EVAL_SAMPLE_SCHEMA = EVAL_GENERATION_SCHEMA.remove(EVAL_GENERATION_SCHEMA.get_field_index("evaluated_model"))
+# What evaluation sampling journals per sample: the evaluated model's label and the problem's metadata are added
+# only after sampling (a journal written before the metadata existed stays whole).
+EVAL_SAMPLE_SCHEMA = pa.schema([("benchmark", pa.string())] + _SAMPLE_FIELDS)
 
-EVAL_SCHEMA = pa.schema(_EVAL_FIELDS + _SAMPLE_FIELDS + _SCORE_FIELDS)
+EVAL_SCHEMA = pa.schema(_EVAL_FIELDS + _SAMPLE_FIELDS + _METADATA_FIELDS + _SCORE_FIELDS)
 
 # What the reward stage reads and writes, by kind of samples.
 SCORING_SCHEMAS = {"teacher": (TRAJECTORY_SCHEMA, SCORED_SCHEMA), "eval": (EVAL_GENERATION_SCHEMA, EVAL_SCHEMA)}
@@ -71,22 +88,31 @@ def write_parquet(rows: Iterable[dict[str, Any]] | pa.Table, path: str | os.Path
     if not isinstance(rows, pa.Table):
         rows = list(rows)
         for index, row in enumerate(rows):
-            missing = [name for name in schema.names if name not in row]
+            missing = [name for name in schema.names if name not in row and name not in OPTIONAL_COLUMNS]
             if missing:  # from_pylist would silently write nulls
                 raise ValueError(f"{path}: row {index} lacks column(s) {', '.join(missing)}")
         rows = pa.Table.from_pylist(rows, schema=schema)
-    table = rows
-    table = table.select(schema.names).cast(schema)
+    table = conform(rows, schema)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
 
 
 def read_parquet(path: str | os.PathLike, schema: pa.Schema) -> pa.Table:
-    """Read `path` and check it has every column of `schema`; the error names the file and the columns."""
+    """Read `path` and check it has every column of `schema` (but OPTIONAL_COLUMNS, read as null where a file
+    written before them lacks them); the error names the file and the columns."""
     table = pq.read_table(path)
-    missing = [name for name in schema.names if name not in table.column_names]
+    missing = [name for name in schema.names if name not in table.column_names and name not in OPTIONAL_COLUMNS]
     if missing:
         raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; is this the output of the right stage?")
+    return conform(table, schema)
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` with exactly the columns of `schema`, in its order and types; OPTIONAL_COLUMNS it lacks are added
+    as nulls (the caller has checked it holds every other one)."""
+    for field in schema:
+        if field.name not in table.column_names and field.name in OPTIONAL_COLUMNS:
+            table = table.append_column(field, pa.nulls(table.num_rows, field.type))
     return table.select(schema.names).cast(schema)
 
 

@@ -1,5 +1,6 @@
 """Problem datasets from the Hugging Face hub or local files (parquet, jsonl, json), read through a column
-mapping into rows of (source, problem, answer). Errors name the dataset, the file, the column or the line."""
+mapping into rows of (source, problem, answer, level, subject). Errors name the dataset, the file, the column or
+the line."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ FORMATS = (".parquet", ".jsonl", ".json")
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """One dataset: where it lives (hub id or local path) and which columns hold problem and answer."""
+    """One dataset: where it lives (hub id or local path) and which columns hold problem and answer, and, where
+    mapped, the problem's difficulty level and subject (None: the dataset has none)."""
 
     name: str
     hub: str | None = None
@@ -26,6 +28,8 @@ class DatasetSpec:
     revision: str | None = None
     problem_column: str = "problem"
     answer_column: str = "answer"
+    level_column: str | None = None
+    subject_column: str | None = None
 
     @classmethod
     def from_config(cls, name: str, entry: dict) -> "DatasetSpec":
@@ -38,15 +42,17 @@ class DatasetSpec:
         if bool(entry.get("hub")) == bool(entry.get("path")):
             raise ValueError(f"{where}: give exactly one of hub: (a dataset id) or path: (a local file)")
         columns = entry.get("columns") or {}
-        unknown = set(columns) - {"problem", "answer"}
+        unknown = set(columns) - {"problem", "answer", "level", "subject"}
         if unknown:
-            raise ValueError(f"{where}.columns: unknown keys {sorted(unknown)} (expected problem, answer)")
+            raise ValueError(f"{where}.columns: unknown keys {sorted(unknown)} "
+                             "(expected problem, answer, level, subject)")
         path = entry.get("path")
         if path and not path.endswith(FORMATS):
             raise ValueError(f"{where}.path: {path} is not one of {', '.join(FORMATS)}")
         return cls(name=name, hub=entry.get("hub"), path=path, split=entry.get("split") or "train",
                    subset=entry.get("subset"), revision=entry.get("revision"),
-                   problem_column=columns.get("problem", "problem"), answer_column=columns.get("answer", "answer"))
+                   problem_column=columns.get("problem", "problem"), answer_column=columns.get("answer", "answer"),
+                   level_column=columns.get("level"), subject_column=columns.get("subject"))
 
 
 def resolve_specs(names: list[str], catalog: dict[str, dict], overrides: dict[str, dict] | None) -> dict[str, DatasetSpec]:
@@ -130,17 +136,24 @@ def _json_document(path: Path) -> list[dict]:
 
 
 def dataset_rows(spec: DatasetSpec, table: pa.Table, origin: str) -> Iterator[dict]:
-    """Rows of `table` as {source, problem, answer} through the spec's column mapping; `origin` (a file or
-    hub id) names where the table came from in errors."""
-    for key, column in (("problem", spec.problem_column), ("answer", spec.answer_column)):
-        if column not in table.column_names:
+    """Rows of `table` as {source, problem, answer, level, subject} through the spec's column mapping (level and
+    subject None where unmapped, as stored where mapped); `origin` (a file or hub id) names where the table came
+    from in errors."""
+    mapped = {"problem": spec.problem_column, "answer": spec.answer_column, "level": spec.level_column,
+              "subject": spec.subject_column}
+    for key, column in mapped.items():
+        if column is not None and column not in table.column_names:
             raise ValueError(f"data.datasets.{spec.name}.columns.{key}: column {column!r} is not in {origin} "
                              f"(its columns: {', '.join(table.column_names)})")
     problems = table.column(spec.problem_column)
     if not (pa.types.is_string(problems.type) or pa.types.is_large_string(problems.type)):
         raise ValueError(f"{origin}: column {spec.problem_column!r} holds {problems.type}, not text")
-    for problem, answer in zip(problems.to_pylist(), table.column(spec.answer_column).to_pylist()):
-        yield {"source": spec.name, "problem": problem, "answer": answer}
+    unmapped = [None] * table.num_rows
+    levels = table.column(spec.level_column).to_pylist() if spec.level_column else unmapped
+    subjects = table.column(spec.subject_column).to_pylist() if spec.subject_column else unmapped
+    answers = table.column(spec.answer_column).to_pylist()
+    for problem, answer, level, subject in zip(problems.to_pylist(), answers, levels, subjects):
+        yield {"source": spec.name, "problem": problem, "answer": answer, "level": level, "subject": subject}
 
 
 def load_spec(spec: DatasetSpec) -> tuple[pa.Table, str]:

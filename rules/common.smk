@@ -142,18 +142,15 @@ def data_options():
 
 
 def fetch_options(wildcards):
-    """fetch_dataset.py options of one hub dataset, as argv words: its id and the split, subset and revision given."""
+    """fetch_dataset.py options of one hub dataset, as argv words: its id and the split, subset and revision given.
+    A param, and the only one: these decide what is fetched (all columns), so editing them refetches; the column
+    mapping is applied later (prepare_data) and editing it does not."""
     spec = dataset_spec(wildcards.name)
     words = ["--hub", spec["hub"]]
     for key in ("split", "subset", "revision"):
         if spec.get(key):
             words += [f"--{key}", spec[key]]
     return words
-
-
-def dataset_spec_param(wildcards):
-    """One dataset's spec as sorted JSON: a param, so editing it refetches."""
-    return canonical({"spec": dataset_spec(wildcards.name)}, ("spec",))
 
 
 def canonical(section, keys):

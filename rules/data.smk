@@ -4,7 +4,6 @@ rule fetch_dataset:
     output:
         "results/data/raw/{name}.parquet",
     params:
-        spec=dataset_spec_param,
         options=fetch_options,
     localrule: True
     conda:

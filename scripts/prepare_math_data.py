@@ -16,7 +16,7 @@ import yaml
 
 from mathsft import data, sources
 from mathsft.cli import setup_logging
-from mathsft.io import PROBLEM_SCHEMA, write_json, write_parquet
+from mathsft.io import BENCHMARK_SCHEMA, PROBLEM_SCHEMA, write_json, write_parquet
 
 CATALOG = Path(__file__).resolve().parent.parent / "config" / "datasets.yaml"
 HUB_BENCHMARKS = ["aime24", "amc23", "math500", "minerva", "olympiadbench"]
@@ -96,7 +96,9 @@ def main() -> None:
         )
     out = Path(args.output_dir)
     for bench, rows in bench_sets.items():
-        write_parquet(rows, out / "bench" / f"{bench}.parquet", PROBLEM_SCHEMA)
+        write_parquet(rows, out / "bench" / f"{bench}.parquet", BENCHMARK_SCHEMA)
+    # Training problems leave level and subject out: only evaluation reads them, and shards the teacher has
+    # sampled keep their bytes.
     for k, (start, stop) in enumerate(data.shard_bounds(len(train), args.shard_size)):
         write_parquet(train[start:stop], out / "shards" / f"{k:05d}.parquet", PROBLEM_SCHEMA)
     write_parquet(train, out / "problems.parquet", PROBLEM_SCHEMA)

@@ -13,10 +13,10 @@ import json
 import logging
 from pathlib import Path
 
-from mathsft import cli
+from mathsft import cli, data
 from mathsft.compare import comparison_methods, compare_models
 from mathsft.evaluate import check_document, eval_document, package_versions, print_comparisons, print_summary
-from mathsft.io import (EVAL_GENERATION_SCHEMA, EVAL_SAMPLE_SCHEMA, EVAL_SCHEMA, PROBLEM_SCHEMA, read_parquet,
+from mathsft.io import (BENCHMARK_SCHEMA, EVAL_GENERATION_SCHEMA, EVAL_SAMPLE_SCHEMA, EVAL_SCHEMA, read_parquet,
                         write_json, write_parquet)
 from mathsft.reward import score_rows
 from mathsft.serve import exit_on_sigterm
@@ -55,14 +55,12 @@ def main() -> None:
         parser.error("no benchmark files given and none found under results/data/bench/")
     label = args.label or args.model
 
-    problems = []
-    for path in args.benchmarks:
-        for row in read_parquet(path, PROBLEM_SCHEMA).to_pylist():
-            problems.append(row | {"benchmark": Path(path).stem})
+    problems, metadata = data.benchmark_problems(
+        [(Path(path).stem, read_parquet(path, BENCHMARK_SCHEMA).to_pylist()) for path in args.benchmarks])
     # Through the sample store, as a teacher shard: a killed evaluation resumes, more samples add only new indices.
     records, summary = cli.sample_from_args(args, problems, args.output, EVAL_SAMPLE_SCHEMA,
                                             cli.renderer_from_args(args))
-    rows = [r | {"evaluated_model": label} for r in records]
+    rows = [r | metadata[r["benchmark"], r["problem_id"]] | {"evaluated_model": label} for r in records]
     logging.info("summary %s", json.dumps({"model": label, **summary}))
     if not args.score:
         write_parquet(rows, args.output, EVAL_GENERATION_SCHEMA)

@@ -1,7 +1,8 @@
 """Local copies, in the hub's shape, of the datasets the real run reads: same file layout, column names and
 value types (DeepScaleR's one JSON list; AIME's parquet under data/; AMC 2023's float answers; MATH-500's
-test.jsonl; Minerva's question/answer; OlympiadBench's lists of answers). `datasets.load_dataset` reads a
-local folder the way it reads the hub repository, so the same code path runs here without internet."""
+test.jsonl with an integer level and a subject; Minerva's question/answer; OlympiadBench's lists of answers).
+`datasets.load_dataset` reads a local folder the way it reads the hub repository, so the same code path runs here
+without internet."""
 
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def write_hub_copies(root: Path, train_rows: int = 40) -> dict[str, dict]:
     (root / "math500" / "test.jsonl").write_text("".join(json.dumps(row) + "\n" for row in [
         {"problem": "Compute $\\dbinom{5}{2}$.", "solution": "", "answer": "10", "subject": "Counting",
          "level": 1, "unique_id": "test/counting/1.json"},
-        {"problem": "Find $\\sqrt{16}$.", "solution": "", "answer": "4", "subject": "Algebra", "level": 1,
+        {"problem": "Find $\\sqrt{16}$.", "solution": "", "answer": "4", "subject": "Algebra", "level": 2,
          "unique_id": "test/algebra/2.json"},
     ]))
     (root / "minerva").mkdir()
@@ -70,7 +71,8 @@ def write_hub_copies(root: Path, train_rows: int = 40) -> dict[str, dict]:
         {"id": 2, "question": "Find $3 \\cdot 3$.", "final_answer": ["$9$"]},
     ]))
     splits = {"deepscaler": "train", "aime24": "train"}
-    columns = {"amc23": {"problem": "question"}, "minerva": {"problem": "question"},
+    columns = {"amc23": {"problem": "question"}, "math500": {"level": "level", "subject": "subject"},
+               "minerva": {"problem": "question"},
                "olympiadbench": {"problem": "question", "answer": "final_answer"}}
     return {name: {"hub": str(root / name), "split": splits.get(name, "test"), "columns": columns.get(name, {})}
             for name in ("deepscaler", "aime24", "amc23", "math500", "minerva", "olympiadbench")}

@@ -67,3 +67,47 @@ def test_equal_train_and_eval_seeds_are_refused():
 def test_shards_cover_rows_in_fixed_size_ranges():
     assert data.shard_bounds(10, 4) == [(0, 4), (4, 8), (8, 10)]
     assert data.shard_bounds(8, 4) == [(0, 4), (4, 8)]
+
+
+# What the sample store of a chain_sum benchmark was named before benchmarks carried metadata (the rows digest of
+# the same problem, read as PROBLEM_SCHEMA, with its benchmark's name), with these sampling settings.
+SAMPLING = dict(model="HuggingFaceTB/SmolLM2-135M-Instruct", template="boxed_cot_v1")
+STORE_BEFORE_METADATA = "student.00495e200bafd2b6.jsonl"
+
+
+def _stored_benchmark_rows(tmp_path, name, rows):
+    """Rows as the data stage writes a benchmark and evaluation reads it back."""
+    from mathsft.io import BENCHMARK_SCHEMA, read_parquet, write_parquet
+
+    path = tmp_path / f"{name}.parquet"
+    write_parquet(list(data.clean_problems(rows, data.Counts(), set())), path, BENCHMARK_SCHEMA)
+    return read_parquet(path, BENCHMARK_SCHEMA).to_pylist()
+
+
+def _store_name(problems):
+    from mathsft.generate import Sampling, journal_fingerprint
+    from mathsft.journal import store_path
+
+    fingerprint = journal_fingerprint(problems, SAMPLING["model"], SAMPLING["template"], Sampling(4, 0.6, 0.95, 256, 0))
+    return store_path("results/eval/generations/student.parquet", fingerprint).name
+
+
+def test_benchmark_metadata_leaves_the_sample_store_of_a_problem_without_it_where_it_was(tmp_path):
+    rows = _stored_benchmark_rows(tmp_path, "chain_sum", [{"source": "chain_sum", "problem": "Calculate 5 - 3 - 6.",
+                                                           "answer": "-4"}])
+    assert (rows[0]["level"], rows[0]["subject"]) == (None, None)
+    problems, metadata = data.benchmark_problems([("chain_sum", rows)])
+    assert problems == [{"problem_id": "ae00999e34ae5653", "source": "chain_sum", "problem": "Calculate 5 - 3 - 6.",
+                         "answer": "$-4$", "benchmark": "chain_sum"}]
+    assert metadata == {("chain_sum", "ae00999e34ae5653"): {"level": None, "subject": None}}
+    assert _store_name(problems) == STORE_BEFORE_METADATA
+
+
+def test_a_problems_level_and_subject_never_decide_its_samples(tmp_path):
+    problem = {"source": "math500", "problem": "Compute $\\dbinom{5}{2}$.", "answer": "10"}
+    described = _stored_benchmark_rows(tmp_path, "math500", [problem | {"level": 1, "subject": "Counting"}])
+    bare = _stored_benchmark_rows(tmp_path, "bare", [problem])
+    problems, metadata = data.benchmark_problems([("math500", described)])
+    assert problems == data.benchmark_problems([("math500", bare)])[0]
+    assert _store_name(problems) == _store_name(data.benchmark_problems([("math500", bare)])[0])
+    assert metadata == {("math500", described[0]["problem_id"]): {"level": "1", "subject": "Counting"}}

@@ -13,6 +13,7 @@ import yaml
 
 from hubdata import AIME_PROBLEM, CATALOG_REVISIONS, write_hub_copies
 from mathsft import data, sources
+from mathsft.io import BENCHMARK_SCHEMA, read_parquet, write_parquet
 from workflow import REPO, planned_outputs, snakemake
 
 
@@ -32,8 +33,8 @@ def test_jsonl_json_and_parquet_files_read_through_a_column_mapping(tmp_path):
     pq.write_table(pa.Table.from_pylist(records), tmp_path / "a.parquet")
     for name in ("a.jsonl", "a.json", "a.parquet"):
         rows = rows_of(tmp_path / name, columns={"problem": "question", "answer": "final"})
-        assert rows == [{"source": "set", "problem": "What is 1+1?", "answer": 2},
-                        {"source": "set", "problem": "What is 2+2?", "answer": 4}], name
+        assert rows == [{"source": "set", "problem": "What is 1+1?", "answer": 2, "level": None, "subject": None},
+                        {"source": "set", "problem": "What is 2+2?", "answer": 4, "level": None, "subject": None}], name
 
 
 def test_a_column_mapping_that_names_nothing_is_an_error_naming_the_key_and_the_file(tmp_path):
@@ -78,6 +79,35 @@ def test_answers_of_every_stored_type_become_text_math_verify_can_read():
     assert data.answer_text(["$1$", "$-1$"]) == "1, -1" and data.answer_text(["$9$"]) == "9"
     assert data.answer_text(None) is None and data.answer_text("  ") is None and data.answer_text([]) is None
     assert data.wrap_answer(data.answer_text(["$1$", "$-1$"])) == "$1, -1$"
+
+
+def test_a_math500_file_keeps_each_problems_level_and_subject_through_the_catalogs_mapping(tmp_path):
+    catalog = yaml.safe_load((REPO / "config" / "datasets.yaml").read_text())
+    write_hub_copies(tmp_path)
+    local = {"path": str(tmp_path / "math500" / "test.jsonl"), "columns": catalog["math500"]["columns"]}
+    aime = {"path": str(tmp_path / "aime24" / "data" / "train-00000-of-00001.parquet")}
+    specs = sources.resolve_specs(["math500", "aime24"], catalog, {"math500": local, "aime24": aime})
+    benchmarks = {name: sources.dataset_rows(spec, sources.read_table(spec.path), spec.path)
+                  for name, spec in specs.items()}
+    _, bench_sets, _ = data.prepare_datasets({}, benchmarks, None, seed=1, ngram=8)
+    write_parquet(bench_sets["math500"], tmp_path / "math500.parquet", BENCHMARK_SCHEMA)
+    written = read_parquet(tmp_path / "math500.parquet", BENCHMARK_SCHEMA).to_pylist()
+    # MATH-500 stores the level as an integer: it becomes text, as every benchmark's metadata is.
+    assert [(row["level"], row["subject"]) for row in written] == [("1", "Counting"), ("2", "Algebra")]
+    assert all(row["level"] is None and row["subject"] is None for row in bench_sets["aime24"])
+
+
+def test_a_level_or_subject_mapping_that_names_nothing_is_an_error_naming_the_key(tmp_path):
+    (tmp_path / "a.jsonl").write_text(json.dumps({"problem": "q", "answer": "1", "difficulty": 3}) + "\n")
+    assert rows_of(tmp_path / "a.jsonl", columns={"level": "difficulty"})[0]["level"] == 3
+    with pytest.raises(ValueError, match=r"data\.datasets\.set\.columns\.subject: column 'topic' is not in"):
+        rows_of(tmp_path / "a.jsonl", columns={"subject": "topic"})
+
+
+def test_levels_and_subjects_of_every_stored_type_become_text():
+    assert data.label_text(5) == "5" and data.label_text(5.0) == "5" and data.label_text(" Level 5 ") == "Level 5"
+    assert data.label_text(["Algebra", "Geometry"]) == "Algebra, Geometry"
+    assert data.label_text(None) is None and data.label_text("  ") is None and data.label_text([]) is None
 
 
 def _rows(problems, source="train"):
@@ -155,6 +185,8 @@ def test_the_data_stage_fetches_hub_datasets_and_prepares_decontaminated_shards(
     assert [row["answer"] for row in bench["amc23"]] == ["$6$", "$0.5$"]
     assert [row["answer"] for row in bench["olympiadbench"]] == ["$1, -1$", "$9$"]
     assert len(bench["aime24"]) == 2 and all(row["source"] == "minerva" for row in bench["minerva"])
+    assert [(row["level"], row["subject"]) for row in bench["math500"]] == [("1", "Counting"), ("2", "Algebra")]
+    assert all(row["level"] is None and row["subject"] is None for row in bench["aime24"])
 
     # Raising num_samples rewrites the data, never refetches, and keeps the existing shards' rows.
     before = {p.name: pq.read_table(p).to_pylist() for p in shards}

@@ -5,14 +5,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
-from mathsft.evaluate import (EVAL_JSON_SCHEMA, benchmark_metrics, check_document, eval_document, majority_at_k,
-                              mean_and_stderr, pass_at_k, print_summary, schema_errors, summary_table)
+from mathsft.evaluate import (EVAL_JSON_SCHEMA, LEVELS_HEADING, benchmark_metrics, check_document, eval_document,
+                              majority_at_k, mean_and_stderr, pass_at_k, print_summary, schema_errors, summary_table)
 from mathsft.generate import request_seed
 from mathsft.io import EVAL_SCHEMA, write_parquet
 
 SUMMARIZE = str(Path(__file__).resolve().parents[1] / "scripts" / "summarize_eval.py")
+RUN_SFT_MODEL = str(Path(__file__).resolve().parents[1] / "scripts" / "run_sft_model.py")
 
 
 def test_pass_at_k_matches_hand_computed_values():
@@ -238,3 +240,81 @@ def test_a_model_evaluated_on_other_problems_than_the_student_is_refused_by_name
     sft = _rows({"z": [1, 0]})
     with pytest.raises(ValueError, match="model sft with student on benchmark b"):
         eval_document({"student": student, "sft": sft}, {}, [1], None, {"python": "3"})
+
+
+def _described(rows, described):
+    """Rows with each problem's (level, subject) from `described`, keyed by problem id."""
+    return [row | dict(zip(("level", "subject"), described[row["problem_id"]])) for row in rows]
+
+
+def test_eval_json_gives_pass_at_1_per_level_and_subject_where_the_problems_carry_them(capsys):
+    rows = _described(_rows({"a": [1, 1, 0, 0], "b": [0, 0, 0, 0], "c": [1, 1, 1, 1], "d": [1, 0, 0, 0]}),
+                      {"a": ("1", "Algebra"), "b": ("1", "Geometry"), "c": ("2", "Algebra"), "d": ("10", "Geometry")})
+    document = json.loads(json.dumps(eval_document({"student": rows}, {}, [1], None, {"python": "3"}, seed=0)))
+    metrics = document["models"]["student"]["benchmarks"]["b"]
+    # Level 1: problems a (2 of 4 correct) and b (0 of 4): pass@1 (0.5 + 0) / 2, stderr sd(0.5, 0) / sqrt(2).
+    assert list(metrics["by_level"]) == ["1", "2", "10"]  # natural order, not "1", "10", "2"
+    assert metrics["by_level"]["1"] == {"problems": 2, "pass@1": 0.25,
+                                        "pass@1_stderr": pytest.approx(math.sqrt(0.125) / math.sqrt(2))}
+    assert metrics["by_level"]["2"] == {"problems": 1, "pass@1": 1.0, "pass@1_stderr": 0.0}
+    assert metrics["by_level"]["10"] == {"problems": 1, "pass@1": 0.25, "pass@1_stderr": 0.0}
+    assert metrics["by_subject"]["Algebra"]["pass@1"] == pytest.approx((0.5 + 1.0) / 2)
+    assert metrics["by_subject"]["Geometry"]["pass@1"] == pytest.approx((0.0 + 0.25) / 2)
+    assert schema_errors(document) == []
+    print_summary(document)
+    out = capsys.readouterr().out
+    levels = out[out.index(LEVELS_HEADING):].splitlines()
+    assert levels[1].split() == ["model", "benchmark", "1", "2", "10"]
+    assert levels[2].split() == ["student", "b", "25.0", "100.0", "25.0"]
+    broken = copy.deepcopy(document)
+    broken["models"]["student"]["benchmarks"]["b"]["by_level"]["1"]["pass@1"] = 1.5
+    assert any("by_level/1/pass@1" in error for error in schema_errors(broken))
+
+
+def test_problems_without_a_level_give_no_pass_at_1_per_level(capsys):
+    document = _document()
+    for model in document["models"].values():
+        assert all("by_level" not in m and "by_subject" not in m for m in model["benchmarks"].values())
+    print_summary(document)
+    assert LEVELS_HEADING not in capsys.readouterr().out
+    # Problems without a level beside some with one are left out of by_level, not counted under a made-up level.
+    rows = _described(_rows({"a": [1, 0], "b": [1, 1]}), {"a": ("3", None), "b": (None, None)})
+    metrics = eval_document({"m": rows}, {}, [1], None, {"python": "3"})["models"]["m"]["benchmarks"]["b"]
+    assert metrics["by_level"] == {"3": {"problems": 1, "pass@1": 0.5, "pass@1_stderr": 0.0}}
+    assert "by_subject" not in metrics
+
+
+def test_an_evaluation_resumed_from_samples_stored_before_metadata_existed_gives_them_their_problems_level(tmp_path):
+    from mathsft.data import Counts, clean_problems
+    from mathsft.generate import Sampling, journal_fingerprint
+    from mathsft.io import BENCHMARK_SCHEMA, EVAL_SAMPLE_SCHEMA, PROBLEM_SCHEMA
+    from mathsft.journal import Journal, store_path
+
+    raw = [{"source": "math500", "problem": "Compute $\\dbinom{5}{2}$.", "answer": "10", "level": 1,
+            "subject": "Counting"},
+           {"source": "math500", "problem": "Find $\\sqrt{16}$.", "answer": "4", "level": 2, "subject": "Algebra"}]
+    bench = tmp_path / "math500.parquet"
+    write_parquet(list(clean_problems(raw, Counts(), set())), bench, BENCHMARK_SCHEMA)
+    output = tmp_path / "generations" / "student.parquet"
+    # The rows and records the evaluation sampled and journaled before benchmarks carried metadata.
+    old_rows = [{name: row[name] for name in PROBLEM_SCHEMA.names} | {"benchmark": "math500"}
+                for row in clean_problems(raw, Counts(), set())]
+    fingerprint = journal_fingerprint(old_rows, "org/model", "boxed_cot_v1", Sampling(1, 0.6, 0.95, 16, 0))
+    journal = Journal(store_path(output, fingerprint), fingerprint, schema=EVAL_SAMPLE_SCHEMA)
+    for index, row in enumerate(old_rows):
+        journal.append(row | {"row_index": index, "sample_index": 0, "messages": "[]", "response": "\\boxed{1}",
+                              "finish_reason": "stop", "prompt_tokens": 5, "completion_tokens": 3, "model": "org/model",
+                              "served_model_name": None, "prompt_template": "boxed_cot_v1", "api": "chat",
+                              "temperature": 0.6, "top_p": 0.95, "max_tokens": 16,
+                              "seed": request_seed(0, row["problem_id"], 0), "latency_s": 0.1})
+    journal.close()
+    result = subprocess.run([sys.executable, RUN_SFT_MODEL, "--no-score",
+                             "--model", "org/model", "--label", "student", "--benchmarks", str(bench), "--output",
+                             str(output), "--samples_per_problem", "1", "--temperature", "0.6", "--top_p", "0.95",
+                             "--max_tokens", "16", "--seed", "0",
+                             "--health_timeout_s", "1"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "no server needed" in result.stderr
+    rows = pq.read_table(output).to_pylist()
+    assert [(row["level"], row["subject"], row["response"]) for row in rows] == [("1", "Counting", "\\boxed{1}"),
+                                                                               ("2", "Algebra", "\\boxed{1}")]

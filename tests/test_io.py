@@ -84,3 +84,26 @@ def test_sha256sums_are_what_sha256sum_checks_in_the_outputs_folder(tmp_path):
     assert check.returncode == 0, check.stdout + check.stderr
     (tmp_path / "val.parquet").write_bytes(b"changed")
     assert subprocess.run(["sha256sum", "-c", "sha256sums"], cwd=tmp_path, capture_output=True).returncode == 1
+
+
+def test_files_written_before_level_and_subject_existed_read_with_them_null(tmp_path):
+    from mathsft.io import BENCHMARK_SCHEMA, EVAL_SCHEMA, METADATA_COLUMNS
+
+    bench = tmp_path / "bench.parquet"
+    pa.parquet.write_table(pa.Table.from_pylist([ROW], schema=PROBLEM_SCHEMA), bench)
+    assert read_parquet(bench, BENCHMARK_SCHEMA).to_pylist() == [ROW | {"level": None, "subject": None}]
+    before = pa.schema([field for field in EVAL_SCHEMA if field.name not in METADATA_COLUMNS])
+    sample = {name: None for name in before.names} | ROW | {"evaluated_model": "student", "benchmark": "b"}
+    scored = tmp_path / "scored.parquet"
+    pa.parquet.write_table(pa.Table.from_pylist([sample], schema=before), scored)
+    table = read_parquet(scored, EVAL_SCHEMA)
+    assert table.schema.equals(EVAL_SCHEMA)
+    assert table.to_pylist() == [sample | {"level": None, "subject": None}]
+    # Rows and tables without them are written with them null; any other missing column is still an error.
+    write_parquet(pa.parquet.read_table(bench), tmp_path / "again.parquet", BENCHMARK_SCHEMA)
+    write_parquet([ROW], tmp_path / "rows.parquet", BENCHMARK_SCHEMA)
+    for path in ("again.parquet", "rows.parquet"):
+        assert pa.parquet.read_table(tmp_path / path).to_pylist() == [ROW | {"level": None, "subject": None}]
+    with pytest.raises(ValueError, match=r"missing column\(s\) evaluated_model, benchmark, sample_index") as error:
+        read_parquet(bench, EVAL_SCHEMA)
+    assert "level" not in str(error.value) and "subject" not in str(error.value)
