@@ -1,6 +1,7 @@
-# The cost ledger, results/cost.json (mathsft/cost.py). Each job's benchmark file is read, not named as an input:
-# an input would make a job without one (a run made before its rule kept a benchmark) run again. The ledger takes
-# every stage's outputs instead, so that it is rewritten whenever any job ran.
+# The cost ledger, results/cost.json (mathsft/cost.py), from each job's benchmark file. Those that exist are its
+# inputs: a job that ran rewrote its benchmark (new timings: never the same bytes), so the ledger is rewritten
+# whenever any job ran, even one whose output came out the same (early cutoff). One that does not exist yet is
+# read if it appears but not named: a job made before its rule kept one would otherwise run again.
 import time
 import types
 
@@ -41,17 +42,27 @@ def cost_jobs():
     return jobs
 
 
+def cost_benchmarks(wildcards):
+    """The benchmark files of the ledger's jobs that exist, once every checkpoint before the ledger has run (this
+    input function waits for them, so that it lists the files of the jobs that ran before). Not the summary's:
+    eval_summary runs after the last checkpoint, and its file appearing then would change this list between the
+    run that wrote the ledger and the next one, which would then rewrite it."""
+    for label in eval_labels():
+        checkpoints.score_eval.get(model=label)
+    if cost_stages_sft():
+        checkpoints.curate.get()
+    paths = [job.split(":", 3)[3] for job in cost_jobs() if not job.startswith("summary:")]
+    return [path for path in paths if os.path.exists(path)]
+
+
 def cost_inputs():
-    """Every stage's outputs (not ancient): any job that ran rewrote one of them, and the ledger is rewritten."""
-    inputs = {"models": [f"results/base_models/{name}" for name in cost_model_names()],
-              "data": "results/data/report.json",
-              "eval_samples": expand("results/eval/generations/{model}.parquet", model=eval_labels()),
-              "scored_eval": expand("results/eval/{model}.parquet", model=eval_labels()),
+    """The files the ledger reads besides the benchmarks: the samples (tokens), the training metrics, the
+    curation funnel (kept trajectories) and eval.json (the comparisons)."""
+    inputs = {"eval_samples": expand("results/eval/generations/{model}.parquet", model=eval_labels()),
               "eval": "results/eval.json",
               "code": os.path.join(LIBRARY, "cost.py")}
     if cost_stages_sft():
         inputs |= {"teacher": expand("results/teacher/{shard}.parquet", shard=shard_ids()),
-                   "scored": expand("results/scored/{shard}.parquet", shard=shard_ids()),
                    "stats": "results/sft/stats.json",
                    "train_metrics": f"results/train/{config['train']['run_name']}/metrics.jsonl"}
     return inputs
@@ -88,6 +99,7 @@ rule cost:
     """results/cost.json: the cost ledger (mathsft/cost.py), checked against schemas/cost.schema.json."""
     input:
         **cost_inputs(),
+        benchmarks=cost_benchmarks,
         # After every checkpoint before it (early cutoff, common.smk).
         **after_scored_eval(),
     output:

@@ -316,6 +316,11 @@ def test_rerunning_data_preparation_that_yields_the_same_shards_makes_nothing_st
     after = {p.name: p.read_bytes() for p in (workdir / "results" / "data" / "shards").glob("*.parquet")}
     assert after == before  # the same rows, byte for byte, in newer files
     assert planned_outputs(workdir, TINY) == {}
+    # The data stage's cost changed: the ledger and the report that shows it are remade, nothing else.
+    result = snakemake(workdir, TINY, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert ran_jobs(result) == {"cost": 1, "report": 1}
+    assert planned_outputs(workdir, TINY, target="results/report.html") == {}
 
 
 # The report and the eval.json schema.
