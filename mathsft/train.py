@@ -12,7 +12,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from mathsft.chat import IGNORE_INDEX, end_of_turn_token, tokenize_example
@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """A training run. The defaults are config.schema.yaml's (train.*; tests/test_settings.py checks them); the field
+    order is that of the summary's config."""
+
     model: str
     train_path: str
     val_path: str
@@ -35,28 +38,32 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     global_batch_size: int = 8
     micro_batch_size_per_device: int = 2
-    max_length: int = 1024
+    max_length: int = field(default=1024, metadata={"help": "longest trace trained on; longer ones are dropped, "
+                                                            "never truncated"})
     gradient_checkpointing: bool = False
     seed: int = 0
-    # Packed micro-batches hold up to max_length x micro_batch_size_per_device tokens of whole traces.
-    packing: bool = True
-    # Resumable DeepSpeed states go here, outside the exported folder (Snakemake deletes declared outputs
-    # before a rerun); "" keeps none.
-    checkpoint_dir: str = ""
-    checkpoint_every: int = 0  # optimizer steps between checkpoints; 0: at the end of each epoch
-    lora_rank: int = 0  # 0: full fine-tuning; >0: LoRA adapters on every linear layer, merged at export
+    packing: bool = field(default=True, metadata={
+        "help": "pack whole traces into micro-batches of up to max_length x micro_batch_size_per_device tokens"})
+    # Outside the exported folder: Snakemake deletes declared outputs before a rerun.
+    checkpoint_dir: str = field(default="", metadata={"help": "where resumable DeepSpeed states go; '': none kept"})
+    checkpoint_every: int = field(default=0, metadata={
+        "help": "optimizer steps between checkpoints; 0: at the end of each epoch"})
+    lora_rank: int = field(default=0, metadata={
+        "help": "0: full fine-tuning; >0: LoRA adapters on every linear layer, merged at export"})
     lora_alpha: int = 16
     lora_dropout: float = 0.0
-    # Liger's Triton kernels on GPUs: RMSNorm, SwiGLU and RoPE fused, and a fused linear cross-entropy
-    # that never holds a chunk of logits (ZeRO-3 keeps the chunked loss: its head weight is partitioned).
-    liger_kernel: bool = False
-    # The hub commit of `model` (a hub id) that is loaded; "": the hub's main branch, or a local folder as it is.
-    revision: str = ""
-    # Experiment tracking, as TRL's report_to: "none", or "tensorboard" (what metrics.jsonl records, as TensorBoard
-    # event files in tracking_dir, through torch.utils.tensorboard). Never changes the result.
-    report_to: str = "none"
+    # ZeRO-3 keeps the chunked loss: its head weight is partitioned.
+    liger_kernel: bool = field(default=False, metadata={
+        "help": "GPUs only: Liger's Triton kernels (RMSNorm, SwiGLU and RoPE fused, and a fused linear "
+                "cross-entropy that never holds a chunk of logits)"})
+    revision: str = field(default="", metadata={
+        "help": "the hub commit of --model (a hub id) that is loaded; '': the hub's main branch, or a local folder "
+                "as it is"})
+    # What metrics.jsonl records, as TensorBoard event files, through torch.utils.tensorboard.
+    report_to: str = field(default="none", metadata={
+        "help": "experiment tracking, as TRL's report_to: none, or tensorboard (event files in --tracking_dir); "
+                "never changes the result"})
     tracking_dir: str = ""
-
 
 REPORT_TO = ("none", "tensorboard")
 # metrics.jsonl keys -> TensorBoard tags (train/... per optimizer step, val/loss per epoch).

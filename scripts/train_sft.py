@@ -6,7 +6,6 @@ One process on a CPU; on GPUs launch with `torchrun --nproc_per_node N scripts/t
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
@@ -14,10 +13,14 @@ import sys
 from mathsft.cli import setup_logging
 from mathsft.io import write_json
 from mathsft.serve import exit_on_sigterm
+from mathsft.settings import add_dataclass_arguments, from_args
 from mathsft.train import ConfigError, TrainConfig, TrainingDiverged, train
 
+# TrainConfig's inputs and outputs: their options, required and some named otherwise, are written out below.
+PATH_FIELDS = ("model", "train_path", "val_path", "output_dir", "deepspeed_config")
 
-def main() -> None:
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="model to start from (seed: model.partial_pretrain)")
     parser.add_argument("--train_files", required=True, help="curated train parquet")
@@ -26,16 +29,14 @@ def main() -> None:
     parser.add_argument("--metrics", required=True, help="training metrics jsonl to write")
     parser.add_argument("--summary", required=True, help="training summary json to write")
     parser.add_argument("--deepspeed", required=True, help="DeepSpeed JSON (config/deepspeed/*.json)")
-    # The remaining knobs mirror TrainConfig's fields (annotations are strings here: `from __future__`).
-    for field in dataclasses.fields(TrainConfig):
-        if field.name in ("model", "train_path", "val_path", "output_dir", "deepspeed_config"):
-            continue
-        if field.type == "bool":
-            parser.add_argument(f"--{field.name}", action=argparse.BooleanOptionalAction, default=field.default)
-        else:
-            parser.add_argument(f"--{field.name}", type={"int": int, "float": float, "str": str}[field.type], default=field.default)
+    # The remaining options are TrainConfig's fields.
+    add_dataclass_arguments(parser, TrainConfig, exclude=PATH_FIELDS)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     setup_logging()
     # SIGTERM (scancel, a SLURM time limit; torchrun forwards it to every rank) ends the run through `finally`
     # blocks: a first start's extension build releases its lock, which would otherwise stall every later start.
@@ -44,12 +45,8 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    cfg = TrainConfig(
-        model=args.model, train_path=args.train_files, val_path=args.val_files, output_dir=args.output_dir,
-        deepspeed_config=args.deepspeed,
-        **{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-           if f.name not in ("model", "train_path", "val_path", "output_dir", "deepspeed_config")},
-    )
+    cfg = from_args(TrainConfig, args, train_path=args.train_files, val_path=args.val_files,
+                    deepspeed_config=args.deepspeed)
     try:
         summary = train(cfg, args.metrics)
     except (ConfigError, TrainingDiverged) as exc:
