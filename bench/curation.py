@@ -140,11 +140,10 @@ def child(args) -> None:
     out.mkdir(exist_ok=True)
     start = time.perf_counter()
     if args.child == "duckdb":
-        from mathsft.curate import curate
+        from mathsft.curate import CurateSettings, curate
 
         stats = curate(files, str(out / "train.parquet"), str(out / "val.parquet"), str(out / "stats.json"),
-                       CURATION["reward_threshold"], CURATION["max_traces_per_problem"], CURATION["val_fraction"],
-                       max_length=CURATION["max_length"], threads=args.threads)
+                       CurateSettings(**CURATION), threads=args.threads)
         print(json.dumps({"funnel": stats["funnel"]}))
     else:
         pandas_curate(files, str(out / "train.parquet"), str(out / "val.parquet"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from mathsft.io import SCORED_SCHEMA, write_json, write_parquet
@@ -12,6 +13,23 @@ SELECTIONS = ("shortest", "random")
 # The funnel's steps, each a subset of the one before, and the stages (sql/curate.sql) that leave at each step.
 FUNNEL_STEPS = ("generated", "correct", "finished", "fits", "kept")
 DROPPED_STAGES = ("wrong", "unfinished", "too_long", "over_cap")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CurateSettings:
+    """What curation keeps: each value decides the curated set, and stats.json records them (its params, in this
+    order). The defaults are config.schema.yaml's (curate.*); max_length is train.max_length, always given."""
+
+    reward_threshold: float = field(
+        default=1.0, metadata={"help": "keep traces with reward >= this (rLLM's 0.0 would keep wrong answers)"})
+    max_length: int = field(metadata={"help": "the training max length (train.max_length): traces whose prompt + "
+                                              "completion tokens exceed it are dropped and counted, never truncated"})
+    max_traces_per_problem: int = 4
+    selection: str = field(default="shortest", metadata={
+        "choices": SELECTIONS,
+        "help": "which traces of a problem to keep: the shortest, or a random choice fixed by --seed"})
+    seed: int = field(default=0, metadata={"help": "seed of --selection random"})
+    val_fraction: float = 0.1
 
 
 def check_inputs(files: list[str]) -> None:
@@ -36,28 +54,25 @@ def check_inputs(files: list[str]) -> None:
             raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; is this the output of the reward stage?")
 
 
-def curate(files: list[str], train_path: str, val_path: str, stats_path: str, reward_threshold: float,
-           max_traces_per_problem: int, val_fraction: float, *, max_length: int, selection: str = "shortest",
-           seed: int = 0, threads: int | None = None) -> dict:
-    """Run sql/curate.sql over `files`; write the kept traces to train/val parquet and the funnel, split sizes,
-    params and SQL to stats.json. Returns the stats. `threads` (default: DuckDB's, all cores) never changes
-    the outputs."""
+def curate(files: list[str], train_path: str, val_path: str, stats_path: str, settings: CurateSettings, *,
+           threads: int | None = None) -> dict:
+    """Run sql/curate.sql over `files` with `settings`; write the kept traces to train/val parquet and the funnel,
+    split sizes, params and SQL to stats.json. Returns the stats. `threads` (default: DuckDB's, all cores) never
+    changes the outputs."""
     import duckdb
 
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"curate.val_fraction must be in [0, 1), got {val_fraction}")
-    if max_traces_per_problem < 1:
-        raise ValueError(f"curate.max_traces_per_problem must be at least 1, got {max_traces_per_problem}")
-    if max_length < 1:
-        raise ValueError(f"max_length must be a positive token count (train.max_length), got {max_length}")
-    if selection not in SELECTIONS:
-        raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
+    if not 0.0 <= settings.val_fraction < 1.0:
+        raise ValueError(f"curate.val_fraction must be in [0, 1), got {settings.val_fraction}")
+    if settings.max_traces_per_problem < 1:
+        raise ValueError(f"curate.max_traces_per_problem must be at least 1, got {settings.max_traces_per_problem}")
+    if settings.max_length < 1:
+        raise ValueError(f"max_length must be a positive token count (train.max_length), got {settings.max_length}")
+    if settings.selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {settings.selection!r}")
     check_inputs(files)
 
     sql = SQL_PATH.read_text()
-    params = {"reward_threshold": reward_threshold, "max_length": max_length,
-              "max_traces_per_problem": max_traces_per_problem, "selection": selection, "seed": seed,
-              "val_fraction": val_fraction}
+    params = asdict(settings)
     query_params = params | {"files": list(files)}
     con = duckdb.connect()
     if threads:

@@ -8,11 +8,12 @@ import json
 import logging
 
 from mathsft.cli import setup_logging
-from mathsft.curate import SELECTIONS, curate
+from mathsft.curate import CurateSettings, curate
 from mathsft.io import write_sha256sums
+from mathsft.settings import add_dataclass_arguments, from_args
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--inputs", nargs="+", required=True, help="scored parquet shards")
     parser.add_argument("--train", required=True)
@@ -21,23 +22,16 @@ def main() -> None:
     parser.add_argument("--sha256sums", default=None,
                         help="also write the train/val files' sha256 here (sha256sum's format): the curated set's "
                              "identity, by which the workflow skips retraining when a rerun keeps the same set")
-    parser.add_argument("--reward_threshold", type=float, default=1.0,
-                        help="keep traces with reward >= this (rLLM's 0.0 would keep wrong answers)")
-    parser.add_argument("--max_length", type=int, required=True,
-                        help="the training max length (train.max_length): traces whose prompt + completion "
-                             "tokens exceed it are dropped and counted, never truncated")
-    parser.add_argument("--max_traces_per_problem", type=int, default=4)
-    parser.add_argument("--selection", choices=SELECTIONS, default="shortest",
-                        help="which traces of a problem to keep: the shortest, or a random choice fixed by --seed")
-    parser.add_argument("--seed", type=int, default=0, help="seed of --selection random")
-    parser.add_argument("--val_fraction", type=float, default=0.1)
+    add_dataclass_arguments(parser, CurateSettings)
     parser.add_argument("--threads", type=int, default=None,
                         help="DuckDB threads (default: all cores); the outputs do not depend on it")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     setup_logging()
-    stats = curate(args.inputs, args.train, args.val, args.stats, args.reward_threshold,
-                   args.max_traces_per_problem, args.val_fraction, max_length=args.max_length,
-                   selection=args.selection, seed=args.seed, threads=args.threads)
+    stats = curate(args.inputs, args.train, args.val, args.stats, from_args(CurateSettings, args), threads=args.threads)
     if args.sha256sums:
         write_sha256sums([args.train, args.val], args.sha256sums)
     logging.info("summary %s", json.dumps({key: stats[key] for key in ("funnel", "dropped", "problems", "splits")}))

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mathsft.curate import _even_chunks, curate
+from mathsft.curate import CurateSettings, _even_chunks, curate
 from mathsft.io import SCORED_SCHEMA, write_parquet
 
 MAX_LENGTH = 100
@@ -37,12 +37,13 @@ def _shards(tmp_path, rows, n=2, name="scored"):
     return paths
 
 
-def _curate(tmp_path, files, tag="", **overrides):
-    """curate() with the tests' defaults; returns (stats, train rows, val rows)."""
-    kwargs = {"reward_threshold": 1.0, "max_traces_per_problem": 4, "val_fraction": 0.25, "max_length": MAX_LENGTH}
-    kwargs |= overrides
+def _curate(tmp_path, files, tag="", threads=None, **overrides):
+    """curate() with the tests' settings; returns (stats, train rows, val rows)."""
+    settings = {"reward_threshold": 1.0, "max_traces_per_problem": 4, "val_fraction": 0.25, "max_length": MAX_LENGTH}
+    settings |= overrides
     out = {k: tmp_path / f"{k}{tag}.parquet" for k in ("train", "val")}
-    stats = curate(files, str(out["train"]), str(out["val"]), str(tmp_path / f"stats{tag}.json"), **kwargs)
+    stats = curate(files, str(out["train"]), str(out["val"]), str(tmp_path / f"stats{tag}.json"),
+                   CurateSettings(**settings), threads=threads)
     return stats, pq.read_table(out["train"]).to_pylist(), pq.read_table(out["val"]).to_pylist()
 
 
