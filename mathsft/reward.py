@@ -30,6 +30,15 @@ WORKER_START_TIMEOUT_S = 120
 
 
 @dataclass(frozen=True)
+class RewardSettings:
+    """How scoring runs; the scores do not depend on `workers`. The defaults are config.schema.yaml's (reward.*)."""
+
+    timeout_s: float = field(
+        default=10.0, metadata={"help": "per-check time bound in seconds; a check past it is killed and scored 'timeout'"})
+    workers: int = field(default=2, metadata={"help": "scoring processes"})
+
+
+@dataclass(frozen=True)
 class Score:
     extracted_answer: str | None
     reward: float

@@ -9,11 +9,12 @@ import logging
 
 from mathsft.cli import setup_logging
 from mathsft.io import SCORING_SCHEMAS, read_parquet, write_parquet, write_sha256sums
-from mathsft.reward import score_rows, status_counts
+from mathsft.reward import RewardSettings, score_rows, status_counts
 from mathsft.serve import exit_on_sigterm
+from mathsft.settings import add_dataclass_arguments, from_args
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--input", required=True, help="samples parquet (results/teacher/NNNNN.parquet, ...)")
     parser.add_argument("--output", required=True, help="scored parquet to write")
@@ -21,17 +22,20 @@ def main() -> None:
                         help="also write the output's sha256 here (sha256sum's format): its identity, by which the "
                              "workflow skips what comes after when a rescoring changes no score")
     parser.add_argument("--kind", choices=sorted(SCORING_SCHEMAS), default="teacher", help="which samples")
-    parser.add_argument("--timeout_s", type=float, default=10.0,
-                        help="per-check time bound in seconds; a check past it is killed and scored 'timeout'")
-    parser.add_argument("--workers", type=int, default=2, help="scoring processes (the rule passes its threads)")
-    args = parser.parse_args()
+    add_dataclass_arguments(parser, RewardSettings)
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     setup_logging()
     # SIGTERM (scancel, a SLURM time limit) ends scoring through its `finally`, which kills the workers: a busy
     # one would otherwise keep a core until its check ends, however long that is.
     exit_on_sigterm()
     in_schema, out_schema = SCORING_SCHEMAS[args.kind]
     rows = read_parquet(args.input, in_schema).to_pylist()
-    scores = score_rows(rows, args.workers, args.timeout_s)
+    settings = from_args(RewardSettings, args)
+    scores = score_rows(rows, settings.workers, settings.timeout_s)
     write_parquet(rows, args.output, out_schema)
     if args.sha256sums:
         write_sha256sums([args.output], args.sha256sums)
