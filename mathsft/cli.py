@@ -9,6 +9,7 @@ import os
 from mathsft.generate import ClientSettings, Sampling, journal_fingerprint, sample
 from mathsft.journal import Journal, store_path
 from mathsft.serve import check_no_secrets, external_endpoint, serving
+from mathsft.settings import add_dataclass_arguments, from_args
 
 
 def setup_logging() -> None:
@@ -17,13 +18,10 @@ def setup_logging() -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-def add_sampling_args(parser: argparse.ArgumentParser, samples: int, max_tokens: int) -> None:
+def add_sampling_args(parser: argparse.ArgumentParser) -> None:
+    """The sampling options: Sampling's fields, the prompt template and the API."""
     group = parser.add_argument_group("sampling (changes the outputs)")
-    group.add_argument("--samples_per_problem", type=int, default=samples)
-    group.add_argument("--temperature", type=float, default=0.6)
-    group.add_argument("--top_p", type=float, default=0.95)
-    group.add_argument("--max_tokens", type=int, default=max_tokens)
-    group.add_argument("--seed", type=int, default=0, help="base seed; each request gets one derived from it")
+    add_dataclass_arguments(group, Sampling, exclude=("ignore_eos",))
     group.add_argument("--prompt_template", default="boxed_cot_v1")
     group.add_argument("--api", choices=["chat", "completions"], default="chat",
                        help="chat: the server applies the chat template; completions: it is applied here "
@@ -32,6 +30,7 @@ def add_sampling_args(parser: argparse.ArgumentParser, samples: int, max_tokens:
 
 
 def add_server_args(parser: argparse.ArgumentParser, model_required: bool = True) -> None:
+    """The server options (a managed vLLM server or the user's) and ClientSettings' fields."""
     group = parser.add_argument_group("server and client")
     group.add_argument("--model", required=model_required,
                        help="with --endpoint: the model's name on that server; else the model path or Hugging Face "
@@ -50,15 +49,9 @@ def add_server_args(parser: argparse.ArgumentParser, model_required: bool = True
     group.add_argument("--server_env", action="append", default=[], metavar="KEY=VALUE",
                        help="environment for the vLLM server (repeatable)")
     group.add_argument("--server_log", default=None, help="where the managed server's output goes")
-    group.add_argument("--health_timeout_s", type=float, default=600.0)
-    group.add_argument("--concurrency", type=int, default=64)
-    group.add_argument("--request_timeout_s", type=float, default=600.0)
-    group.add_argument("--max_attempts", type=int, default=5)
-    group.add_argument("--max_failed_fraction", type=float, default=0.0)
-
-
-def sampling_from_args(args) -> Sampling:
-    return Sampling(args.samples_per_problem, args.temperature, args.top_p, args.max_tokens, args.seed)
+    group.add_argument("--health_timeout_s", type=float, default=600.0,
+                       help="seconds a managed server may take to answer before the job fails")
+    add_dataclass_arguments(group, ClientSettings, exclude=("backoff_base_s", "backoff_max_s"))
 
 
 def renderer_from_args(args):
@@ -72,11 +65,6 @@ def renderer_from_args(args):
     if not tokenizer.chat_template:
         raise SystemExit(f"--api completions: tokenizer {args.tokenizer or args.model} has no chat template")
     return lambda messages: tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-
-def client_settings_from_args(args) -> ClientSettings:
-    return ClientSettings(concurrency=args.concurrency, request_timeout_s=args.request_timeout_s,
-                          max_attempts=args.max_attempts, max_failed_fraction=args.max_failed_fraction)
 
 
 def api_key_from_args(args) -> str | None:
@@ -124,13 +112,13 @@ def model_id_from_args(args) -> str:
 def sample_from_args(args, rows: list[dict], output: str, schema, render) -> tuple[list[dict], dict]:
     """Sample --samples_per_problem answers per row, reusing the sample store beside `output` (mathsft.journal):
     the server, the user's or a managed one, is reached only when some sample is missing from it."""
-    sampling = sampling_from_args(args)
+    sampling = from_args(Sampling, args)
     fingerprint = journal_fingerprint(rows, model_id_from_args(args), args.prompt_template, sampling, args.api,
                                       [] if args.endpoint else managed_server_args(args))
     store = Journal(store_path(output, fingerprint), fingerprint, schema=schema)
     stored = store.load()
     missing = [(i, k) for i in range(len(rows)) for k in range(sampling.samples_per_problem) if (i, k) not in stored]
-    settings = client_settings_from_args(args)
+    settings = from_args(ClientSettings, args)
     if not missing:
         logging.getLogger(__name__).info("all %d samples are in the sample store %s: no server needed",
                                          len(rows) * sampling.samples_per_problem, store.path)

@@ -10,7 +10,7 @@ import logging
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from mathsft.io import folder_digest
@@ -24,13 +24,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Sampling:
-    """What is sampled: these values change the outputs, so they are stored with every record."""
+    """What is sampled: these values change the outputs, so they are stored with every record. The defaults are
+    config.schema.yaml's (teacher.* and eval.* alike; tests/test_settings.py checks them)."""
 
-    samples_per_problem: int
-    temperature: float
-    top_p: float
-    max_tokens: int
-    seed: int
+    samples_per_problem: int = field(default=4, metadata={"help": "answers sampled per problem"})
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_tokens: int = field(default=8192, metadata={"help": "most tokens of one answer"})
+    seed: int = field(default=0, metadata={"help": "base seed; each request gets one derived from it"})
     ignore_eos: bool = False  # benchmarks only: every answer runs to max_tokens
 
 
@@ -38,12 +39,13 @@ class Sampling:
 class ClientSettings:
     """How requests are made: these change speed and robustness, not the outputs."""
 
-    concurrency: int = 64
-    request_timeout_s: float = 600.0
-    max_attempts: int = 5
+    concurrency: int = field(default=64, metadata={"help": "requests in flight"})
+    request_timeout_s: float = field(default=1800.0, metadata={"help": "seconds one request may take"})
+    max_attempts: int = field(default=5, metadata={"help": "tries per sample on transient failures"})
     backoff_base_s: float = 1.0
     backoff_max_s: float = 60.0
-    max_failed_fraction: float = 0.0
+    max_failed_fraction: float = field(
+        default=0.0, metadata={"help": "a job fails when more than this fraction of its samples failed"})
 
 
 class GenerationFailed(RuntimeError):

@@ -18,10 +18,11 @@ import logging
 
 from mathsft import cli, data
 from mathsft.io import PROBLEM_SCHEMA, SCORED_SCHEMA, TRAJECTORY_SCHEMA, read_parquet, write_parquet
+from mathsft.reward import RewardSettings, score_rows
 from mathsft.serve import exit_on_sigterm
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shard", default=None, help="problems parquet (results/data/shards/NNNNN.parquet)")
     parser.add_argument("--output", default="sft_data.parquet", help="trajectories parquet to write")
@@ -32,10 +33,15 @@ def main() -> None:
     standalone.add_argument("--data_seed", type=int, default=1)
     standalone.add_argument("--reward_threshold", type=float, default=None,
                             help="score and keep finished traces with reward >= this")
-    standalone.add_argument("--reward_timeout_s", type=float, default=10.0)
-    cli.add_sampling_args(parser, samples=4, max_tokens=8192)
+    standalone.add_argument("--reward_timeout_s", type=float, default=RewardSettings.timeout_s,
+                            help="per-check time bound of the scoring, in seconds")
+    cli.add_sampling_args(parser)
     cli.add_server_args(parser)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     cli.setup_logging()
     exit_on_sigterm()
 
@@ -50,9 +56,7 @@ def main() -> None:
     if args.reward_threshold is None:
         write_parquet(records, args.output, TRAJECTORY_SCHEMA)
     else:
-        from mathsft.reward import score_rows
-
-        score_rows(records, workers=2, timeout_s=args.reward_timeout_s)
+        score_rows(records, workers=RewardSettings.workers, timeout_s=args.reward_timeout_s)
         kept = [r for r in records if r["reward"] >= args.reward_threshold and r["finish_reason"] == "stop"]
         summary["kept"] = len(kept)
         write_parquet(kept, args.output, SCORED_SCHEMA)

@@ -18,11 +18,11 @@ from mathsft.compare import comparison_methods, compare_models
 from mathsft.evaluate import check_document, eval_document, package_versions, print_comparisons, print_summary
 from mathsft.io import (BENCHMARK_SCHEMA, EVAL_GENERATION_SCHEMA, EVAL_SAMPLE_SCHEMA, EVAL_SCHEMA, read_parquet,
                         write_json, write_parquet)
-from mathsft.reward import score_rows
+from mathsft.reward import RewardSettings, score_rows
 from mathsft.serve import exit_on_sigterm
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--label", default=None, help="name of the evaluated model in outputs (default: --model)")
     parser.add_argument("--benchmarks", nargs="+", default=sorted(glob.glob("results/data/bench/*.parquet")),
@@ -33,16 +33,22 @@ def main() -> None:
     parser.add_argument("--pass_k", type=int, nargs="*", default=[1], help="k of pass@k and maj@k")
     parser.add_argument("--eval_json", default=None,
                         help="also write the metrics as an eval.json document (schemas/eval.schema.json)")
-    parser.add_argument("--reward_timeout_s", type=float, default=10.0)
-    parser.add_argument("--workers", type=int, default=2, help="math-verify worker processes")
+    parser.add_argument("--reward_timeout_s", type=float, default=RewardSettings.timeout_s,
+                        help="per-check time bound of the scoring, in seconds")
+    parser.add_argument("--workers", type=int, default=RewardSettings.workers, help="math-verify worker processes")
     parser.add_argument("--compare", nargs=2, default=None, metavar=("MODEL", "BASELINE"),
                         help="scored eval parquet files (e.g. results/eval/sft.parquet results/eval/student.parquet): "
                              "print MODEL - BASELINE per benchmark, paired over problems, bootstrap and permutations "
                              "seeded with --seed; nothing is sampled")
     parser.add_argument("--comparisons_json", default=None,
                         help="with --compare: also write the comparisons and their methods as JSON")
-    cli.add_sampling_args(parser, samples=4, max_tokens=8192)
+    cli.add_sampling_args(parser)
     cli.add_server_args(parser, model_required=False)
+    return parser
+
+
+def main() -> None:
+    parser = build_parser()
     args = parser.parse_args()
     if args.compare:
         compare_files(*args.compare, args.seed, args.comparisons_json)
