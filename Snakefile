@@ -25,8 +25,10 @@ include: "rules/report.smk"
 include: "rules/cost.smk"
 
 
+# One handler each: Snakemake keeps only the last one a Snakefile declares.
 onstart:
     record_invocation_start()
+    watch_pending_slurm_jobs()
 
 
 onsuccess:

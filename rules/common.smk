@@ -435,9 +435,9 @@ def check_config():
 check_config()
 
 
-# Under SLURM: a job no node can take (pending with reason PartitionConfig, PartitionNodeLimit, ...) is reported
-# with that reason and cancelled, instead of the run waiting without a word (mathsft/slurm.py).
-onstart:
+def watch_pending_slurm_jobs():
+    """onstart: under SLURM, a job no node can take (pending with reason PartitionConfig, PartitionNodeLimit, ...)
+    is reported with that reason and cancelled, instead of the run waiting without a word (mathsft/slurm.py)."""
     from mathsft.slurm import watch_pending_jobs_of
 
     watch_pending_jobs_of(workflow)

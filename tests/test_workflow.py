@@ -38,9 +38,18 @@ def test_every_rule_writes_a_benchmark_file_for_the_cost_ledger():
     assert missing == [] and {"prepare_model", "teacher", "curate", "score_eval", "cost", "report", "all"} <= checked
 
 
-def test_the_embedded_default_plans_two_teacher_shards(tmp_path):
+def test_each_handler_is_declared_once_since_snakemake_keeps_only_the_last():
+    """A second onstart would silently replace the first (the SLURM pending-job watch, the ledger's start)."""
+    sources = [path.read_text() for path in [REPO / "Snakefile", *sorted((REPO / "rules").glob("*.smk"))]]
+    for handler in ("onstart", "onsuccess", "onerror"):
+        assert sum(len(re.findall(rf"^{handler}:", text, flags=re.M)) for text in sources) <= 1, handler
+    assert re.search(r"^onstart:\n    record_invocation_start\(\)\n    watch_pending_slurm_jobs\(\)", sources[0], re.M)
+
+
+def test_the_embedded_default_plans_one_teacher_shard_and_two_benchmarks(tmp_path):
     planned = planned_outputs(tmp_path, REPO / "config" / "config.yaml")
-    assert planned["teacher"] == {"results/teacher/00000.parquet", "results/teacher/00001.parquet"}
+    assert planned["teacher"] == {"results/teacher/00000.parquet"}
+    assert planned["prepare_data"] >= {"results/data/bench/chain_sum.parquet", "results/data/bench/basic_arithmetic.parquet"}
 
 
 def test_a_bad_config_value_fails_before_any_job_naming_the_key(tmp_path):
