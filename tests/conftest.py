@@ -66,7 +66,7 @@ def finished_run(tmp_path_factory):
     are hard links to the per-machine converted copies."""
     import shutil
 
-    from workflow import snakemake
+    from helpers.workflow import snakemake
 
     # A working directory whose path has a space and a quote too (the checkout has both: workflow.checkout()).
     workdir = tmp_path_factory.mktemp("run") / "a user's run"

@@ -11,10 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from hubdata import AIME_PROBLEM, CATALOG_REVISIONS, write_hub_copies
+from helpers.hubdata import AIME_PROBLEM, CATALOG_REVISIONS, write_hub_copies
 from mathsft import data, sources
 from mathsft.io import BENCHMARK_SCHEMA, read_parquet, write_parquet
-from workflow import REPO, planned_outputs, snakemake
+from helpers.workflow import REPO, planned_outputs, snakemake
 
 
 def spec(name="set", **entry):

@@ -11,7 +11,7 @@ import shutil
 import pyarrow.parquet as pq
 import pytest
 from conftest import TINY, keyed_server
-from workflow import edited_config, snakemake
+from helpers.workflow import edited_config, snakemake
 
 pytestmark = pytest.mark.e2e
 SERVED_NAME = "my-teacher"

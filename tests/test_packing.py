@@ -27,6 +27,7 @@ def test_a_packed_row_restarts_positions_and_never_labels_the_next_traces_first_
     assert bounds.tolist() == [0, 3, 5]
 
 
+@pytest.mark.e2e  # forward and backward passes of the student model: a training step's compute
 def test_the_loss_of_a_packed_row_equals_the_traces_losses_one_by_one(student_dir, student_tokenizer):
     import torch
     import torch.nn.functional as F
@@ -57,6 +58,7 @@ def test_the_loss_of_a_packed_row_equals_the_traces_losses_one_by_one(student_di
     assert not torch.allclose(dense, one_by_one, rtol=1e-3)
 
 
+@pytest.mark.e2e  # forward and backward passes of the student model: a training step's compute
 @pytest.mark.parametrize("logits_in_memory", [0, None], ids=["chunked-and-recomputed", "kept-for-backward"])
 def test_the_label_only_loss_equals_cross_entropy_over_full_logits(student_dir, student_tokenizer, monkeypatch,
                                                                    logits_in_memory):

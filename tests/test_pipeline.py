@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import TINY
-from workflow import checkout, edited_config, planned_outputs, ran_jobs, snakemake
+from helpers.workflow import checkout, edited_config, planned_outputs, ran_jobs, snakemake
 
 pytestmark = pytest.mark.e2e
 # finished_run (conftest.py): the tiny config run to the end once per session; tests/test_slurm.py runs it

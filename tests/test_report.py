@@ -17,7 +17,7 @@ from mathsft.evaluate import schema_errors
 from mathsft.generate import request_seed
 from mathsft.io import EVAL_SCHEMA, write_parquet
 from mathsft.report import funnel_steps, read_train_metrics
-from workflow import REPO, edited_config, planned_outputs
+from helpers.workflow import REPO, edited_config, planned_outputs
 
 MODELS = ("student", "sft")
 BENCHMARKS = ("basic_arithmetic", "chain_sum")

@@ -39,6 +39,7 @@ def test_a_port_in_use_fails_at_once_naming_the_port(tmp_path):
         assert time.monotonic() - started < 1
 
 
+@pytest.mark.e2e  # starts vLLM, which then fails to load
 def test_a_bad_model_path_fails_well_within_the_health_timeout_with_the_server_log(tmp_path):
     started = time.monotonic()
     with pytest.raises(ServerError, match="exited with code") as error:
@@ -50,6 +51,7 @@ def test_a_bad_model_path_fails_well_within_the_health_timeout_with_the_server_l
     assert not _vllm_processes()
 
 
+@pytest.mark.e2e  # starts a vLLM server
 def test_the_health_wait_is_bounded_and_the_server_stopped_when_it_runs_out(tmp_path, student_dir):
     started = time.monotonic()
     with pytest.raises(ServerError, match="not ready after 3 s"):
@@ -60,6 +62,7 @@ def test_the_health_wait_is_bounded_and_the_server_stopped_when_it_runs_out(tmp_
     assert not _vllm_processes()
 
 
+@pytest.mark.e2e  # starts a vLLM server
 def test_the_shipped_cpu_server_settings_survive_a_wide_batch_of_seeded_requests(tmp_path, student_dir):
     """vLLM's CPU backend crashed on seeded requests whose prefill was split across steps; the embedded
     default's server arguments must keep a wide batch alive (every request answered)."""
@@ -93,6 +96,7 @@ def _group_commands(pgid: int) -> list[bytes]:
     return commands
 
 
+@pytest.mark.e2e  # starts a vLLM server
 def test_a_managed_server_answers_only_its_own_key_which_never_reaches_argv_or_a_log(tmp_path, student_dir, caplog):
     caplog.set_level(logging.INFO, logger="mathsft.serve")
     with ManagedServer(str(student_dir), "m", tmp_path / "server.log", args=CPU_ARGS, env=CPU_ENV,
@@ -139,6 +143,7 @@ class _Impostor(http.server.BaseHTTPRequestHandler):
     # A server error reads as a server still starting: the wait goes on until vLLM, unable to bind, exits.
     (503, "vLLM server exited with code"),
 ])
+@pytest.mark.e2e  # starts vLLM, which then cannot bind
 def test_a_process_that_takes_the_port_before_vllm_is_refused(tmp_path, student_dir, monkeypatch, status, refusal):
     handler = type("Impostor", (_Impostor,), {"status": status})
     impostor = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)

@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 from conftest import REPO
-from sftdata import write_sft_set
+from helpers.sftdata import write_sft_set
 from test_reward import TOWER
 from test_train_run import train_command
 

@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from conftest import converted_model
-from workflow import REPO, edited_config
+from helpers.workflow import REPO, edited_config
 
 pytestmark = pytest.mark.e2e
 TINY = REPO / "tests" / "configs" / "tiny.yaml"

@@ -16,11 +16,14 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import REPO, keyed_server, store_file
-from faultproxy import FaultProxy
+from helpers.faultproxy import FaultProxy
 
 from mathsft.generate import ClientSettings, Sampling, sample
 from mathsft.io import PROBLEM_SCHEMA, write_parquet
 from mathsft.serve import ManagedServer
+
+# Every test here samples from a real vLLM server.
+pytestmark = pytest.mark.e2e
 
 MAX_TOKENS = 48
 API_KEY = "mathsft-test-key-5b1f"  # the endpoint demands it, like a hosted API would

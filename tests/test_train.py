@@ -117,7 +117,7 @@ def test_train_revision_reaches_every_transformers_load(tmp_path, monkeypatch, s
     import transformers
 
     from mathsft.train import train
-    from sftdata import write_sft_set
+    from helpers.sftdata import write_sft_set
 
     loads = []
 

@@ -15,7 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from sftdata import write_sft_set
+from helpers.sftdata import write_sft_set
+
+# Every test here starts a real training run.
+pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -6,7 +6,7 @@ import re
 import subprocess
 
 import pytest
-from workflow import JOB_HEADER, REPO, edited_config, planned_outputs, snakemake
+from helpers.workflow import JOB_HEADER, REPO, edited_config, planned_outputs, snakemake
 
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
 
