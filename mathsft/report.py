@@ -13,12 +13,12 @@ from collections import defaultdict
 from pathlib import Path
 
 from mathsft.cost import cost_rows, unit_cost_lines
+from mathsft.curate import FUNNEL_STEPS
 from mathsft.evaluate import comparison_rows, metric_columns, metrics_rows
 from mathsft.io import atomic_path
 
 # Steps of the curation funnel in stats.json, each a subset of the one before; "fits" (within
 # train.max_length) is optional. Other keys there (problem counts, per-source funnels) are not steps.
-FUNNEL_STEPS = ("generated", "correct", "finished", "fits", "kept")
 LENGTH_COLUMNS = ("evaluated_model", "benchmark", "completion_tokens", "finish_reason")
 PALETTE = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C")
 

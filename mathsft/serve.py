@@ -10,7 +10,6 @@ import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +20,8 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
+
+from mathsft.ports import free_port, port_in_use
 
 log = logging.getLogger(__name__)
 
@@ -89,17 +90,6 @@ def model_id(models: list[dict], served_model_name: str) -> str | None:
 def exit_on_sigterm() -> None:
     """Turn SIGTERM (Snakemake, SLURM, kill) into SystemExit so `finally` blocks stop the server."""
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex((host, port)) == 0
 
 
 def tail(path: Path, lines: int = 30) -> str:

@@ -269,7 +269,7 @@ def _init_distributed():
     """One process without a launcher gets the environment torch.distributed expects."""
     import deepspeed
 
-    from mathsft.serve import free_port
+    from mathsft.ports import free_port
 
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))

@@ -9,11 +9,11 @@ import shlex
 import yaml
 
 from mathsft.io import file_sha256
+from mathsft.models import EMBEDDED_PREFIX as EMBEDDED
 from mathsft.serve import check_no_secrets
 
 SCRIPTS = os.path.join(workflow.basedir, "scripts")
 LIBRARY = os.path.join(workflow.basedir, "mathsft")
-EMBEDDED = "embedded:"
 # For cluster runs with --sdm conda; local runs use the venv from setup.sh. Relative to rules/.
 CONDA_ENV = "../envs/mathsft.yaml"
 
@@ -354,6 +354,17 @@ SPEED_ONLY_KEYS = {
     "eval": ("concurrency", "request_timeout_s", "max_attempts"),
     "train": ("checkpoint_every", "launcher", "report_to"),
 }
+def speed_only_resources(section, keys):
+    """Settings of `section` that decide how fast a job runs, never what it makes (SPEED_ONLY_KEYS), as the
+    rule's resources: unlike a param, a resource never triggers a rerun, so editing one reruns nothing.
+    Snakemake takes whole numbers and text as resources: other values go as text."""
+    unknown = [key for key in keys if key not in SPEED_ONLY_KEYS.get(section, ())]
+    if unknown:
+        raise ValueError(f"{section}.{', '.join(unknown)}: not speed-only (SPEED_ONLY_KEYS); pass it as a param")
+    values = {key: config[section][key] for key in keys}
+    return {key: value if type(value) is int else str(value) for key, value in values.items()}
+
+
 # Per eval.endpoints entry: where the model is served and its key's variable; the model's name there decides.
 SPEED_ONLY_ENDPOINT_KEYS = ("endpoint", "api_key_env")
 

@@ -25,10 +25,8 @@ rule evaluate:
     resources:
         gpu=eval_job_gpus,
         endpoint=eval_endpoint_options,
-        concurrency=config["eval"]["concurrency"],
-        request_timeout_s=config["eval"]["request_timeout_s"],
-        max_attempts=config["eval"]["max_attempts"],
-        health_timeout_s=config["server"]["health_timeout_s"],
+        **speed_only_resources("eval", ("concurrency", "request_timeout_s", "max_attempts")),
+        **speed_only_resources("server", ("health_timeout_s",)),
     threads: 8
     conda:
         CONDA_ENV

@@ -24,11 +24,8 @@ rule teacher:
     resources:
         gpu=job_gpus("teacher"),
         endpoint=teacher_endpoint_options(),
-        concurrency=config["teacher"]["concurrency"],
-        request_timeout_s=config["teacher"]["request_timeout_s"],
-        max_attempts=config["teacher"]["max_attempts"],
-        max_failed_fraction=str(config["teacher"]["max_failed_fraction"]),
-        health_timeout_s=config["server"]["health_timeout_s"],
+        **speed_only_resources("teacher", ("concurrency", "request_timeout_s", "max_attempts", "max_failed_fraction")),
+        **speed_only_resources("server", ("health_timeout_s",)),
     threads: 8
     conda:
         CONDA_ENV

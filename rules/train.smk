@@ -35,10 +35,8 @@ rule train:
         **train_cluster_resources(),
         # python, torchrun, or srun + torchrun across nodes: see train_launch() in common.smk.
         launch=train_launch(),
-        # How often states are saved does not change the result: a resource, not a param.
-        checkpoint_every=config["train"]["checkpoint_every"],
-        # Experiment tracking (none, tensorboard) does not change the result either.
-        report_to=config["train"]["report_to"],
+        # How often states are saved, and experiment tracking (none, tensorboard), do not change the result.
+        **speed_only_resources("train", ("checkpoint_every", "report_to")),
     threads: 8
     conda:
         CONDA_ENV
