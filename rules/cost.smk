@@ -24,8 +24,7 @@ def cost_model_names():
 def cost_jobs():
     """Every job whose cost the ledger counts, as STAGE:NAME:GPUS:BENCHMARK (scripts/write_cost.py --job)."""
     jobs = [f"models:prepare_model {name}:0:benchmarks/models/{name}.tsv" for name in cost_model_names()]
-    jobs += [f"data:fetch_dataset {os.path.basename(path)[:-8]}:0:benchmarks/data/fetch_{os.path.basename(path)[:-8]}.tsv"
-             for path in data_inputs() if path.startswith("results/data/raw/")]
+    jobs += [f"data:fetch_dataset {name}:0:benchmarks/data/fetch_{name}.tsv" for name in hub_datasets()]
     jobs.append("data:prepare_data:0:benchmarks/data/prepare.tsv")
     if cost_stages_sft():
         gpus = job_gpus("teacher")
@@ -51,8 +50,10 @@ def cost_benchmarks(wildcards):
         checkpoints.score_eval.get(model=label)
     if cost_stages_sft():
         checkpoints.curate.get()
-    paths = [job.split(":", 3)[3] for job in cost_jobs() if not job.startswith("summary:")]
-    return [path for path in paths if os.path.exists(path)]
+    from mathsft.cost import Job
+
+    jobs = [Job.parse(job) for job in cost_jobs()]
+    return [job.benchmark for job in jobs if job.stage != "summary" and os.path.exists(job.benchmark)]
 
 
 def cost_inputs():
