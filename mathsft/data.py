@@ -189,9 +189,30 @@ def seeded_order(rows: list[dict], seed: int) -> list[dict]:
     return sorted(rows, key=key)
 
 
+# Shard k of the static shards is results/data/shards/{shard_name(k)}.parquet; the rules constrain the {shard}
+# wildcard to SHARD_NAME_PATTERN.
+SHARD_NAME_PATTERN = r"\d{5}"
+
+
+def shard_name(index: int) -> str:
+    """The name of shard `index`: five digits."""
+    return f"{index:05d}"
+
+
+def shard_count(num_samples: int, shard_size: int) -> int:
+    """How many static shards hold `num_samples` problems, `shard_size` each (the last may hold fewer)."""
+    return -(-num_samples // shard_size)
+
+
+def shard_range(index: int, num_samples: int, shard_size: int) -> tuple[int, int]:
+    """Row range of static shard `index`: rows [k*S, min((k+1)*S, N)) of the seeded order."""
+    start = index * shard_size
+    return start, min(start + shard_size, num_samples)
+
+
 def shard_bounds(num_samples: int, shard_size: int) -> list[tuple[int, int]]:
-    """Row ranges of the static shards: shard k is rows [k*S, min((k+1)*S, N))."""
-    return [(start, min(start + shard_size, num_samples)) for start in range(0, num_samples, shard_size)]
+    """Row ranges of every static shard (shard_range)."""
+    return [shard_range(index, num_samples, shard_size) for index in range(shard_count(num_samples, shard_size))]
 
 
 def prepare_reasoning_gym(

@@ -2,12 +2,12 @@
 import functools
 import hashlib
 import json
-import math
 import os
 import shlex
 
 import yaml
 
+from mathsft.data import SHARD_NAME_PATTERN, shard_count, shard_name, shard_range
 from mathsft.io import file_sha256
 from mathsft.models import EMBEDDED_PREFIX as EMBEDDED
 from mathsft.serve import check_no_secrets
@@ -19,21 +19,20 @@ CONDA_ENV = "../envs/mathsft.yaml"
 
 
 wildcard_constraints:
-    shard=r"\d{5}",
+    shard=SHARD_NAME_PATTERN,
     name=r"[A-Za-z0-9_-][A-Za-z0-9_.-]*",
     model=r"[A-Za-z0-9_-][A-Za-z0-9_.-]*",
 
 
 def shard_ids():
-    """Static shards: shard k holds problems [k*S, (k+1)*S) of the seeded order."""
-    count = math.ceil(config["data"]["num_samples"] / config["data"]["shard_size"])
-    return [f"{k:05d}" for k in range(count)]
+    """Static shards (mathsft.data.shard_bounds): shard k holds problems [k*S, (k+1)*S) of the seeded order."""
+    return [shard_name(k) for k in range(shard_count(config["data"]["num_samples"], config["data"]["shard_size"]))]
 
 
 def shard_rows(wildcards):
     """Problems in one shard. A teacher param: the last shard reruns when it grows, full shards do not."""
-    start = int(wildcards.shard) * config["data"]["shard_size"]
-    return min(config["data"]["shard_size"], config["data"]["num_samples"] - start)
+    start, stop = shard_range(int(wildcards.shard), config["data"]["num_samples"], config["data"]["shard_size"])
+    return stop - start
 
 
 def data_identity():

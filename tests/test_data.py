@@ -1,3 +1,5 @@
+import re
+
 from mathsft import data
 
 
@@ -67,6 +69,9 @@ def test_equal_train_and_eval_seeds_are_refused():
 def test_shards_cover_rows_in_fixed_size_ranges():
     assert data.shard_bounds(10, 4) == [(0, 4), (4, 8), (8, 10)]
     assert data.shard_bounds(8, 4) == [(0, 4), (4, 8)]
+    assert data.shard_count(10, 4) == 3 and data.shard_count(8, 4) == 2 and data.shard_range(2, 10, 4) == (8, 10)
+    assert [data.shard_name(k) for k in range(data.shard_count(10, 4))] == ["00000", "00001", "00002"]
+    assert re.fullmatch(data.SHARD_NAME_PATTERN, data.shard_name(99999))
 
 
 # What the sample store of a chain_sum benchmark was named before benchmarks carried metadata (the rows digest of
