@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import yaml
 
 FORMATS = (".parquet", ".jsonl", ".json")
+DATASETS_SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "datasets.schema.json"
 
 
 @dataclass(frozen=True)
@@ -33,38 +35,67 @@ class DatasetSpec:
 
     @classmethod
     def from_config(cls, name: str, entry: dict) -> "DatasetSpec":
-        where = f"data.datasets.{name}"
-        if not isinstance(entry, dict):
-            raise ValueError(f"{where}: expected a mapping with hub: or path:, got {entry!r}")
-        unknown = set(entry) - {"hub", "path", "split", "subset", "revision", "columns"}
-        if unknown:
-            raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
-        if bool(entry.get("hub")) == bool(entry.get("path")):
-            raise ValueError(f"{where}: give exactly one of hub: (a dataset id) or path: (a local file)")
+        """The spec of config entry `entry`, checked against schemas/datasets.schema.json (check_datasets)."""
+        check_datasets({name: entry})
         columns = entry.get("columns") or {}
-        unknown = set(columns) - {"problem", "answer", "level", "subject"}
-        if unknown:
-            raise ValueError(f"{where}.columns: unknown keys {sorted(unknown)} "
-                             "(expected problem, answer, level, subject)")
-        path = entry.get("path")
-        if path and not path.endswith(FORMATS):
-            raise ValueError(f"{where}.path: {path} is not one of {', '.join(FORMATS)}")
-        return cls(name=name, hub=entry.get("hub"), path=path, split=entry.get("split") or "train",
+        return cls(name=name, hub=entry.get("hub"), path=entry.get("path"), split=entry.get("split") or "train",
                    subset=entry.get("subset"), revision=entry.get("revision"),
                    problem_column=columns.get("problem", "problem"), answer_column=columns.get("answer", "answer"),
                    level_column=columns.get("level"), subject_column=columns.get("subject"))
 
 
+def read_catalog(path: str | Path) -> dict[str, dict]:
+    """The datasets of a catalog file (config/datasets.yaml) by name."""
+    return yaml.safe_load(Path(path).read_text()) or {}
+
+
+def check_datasets(entries: dict) -> dict[str, dict]:
+    """`entries` ({name: entry}: config/datasets.yaml with data.datasets over it), once each entry follows
+    schemas/datasets.schema.json, the one statement of what a valid entry is; else a ValueError naming, one line
+    each, every dataset and key that does not."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(json.loads(DATASETS_SCHEMA.read_text()))
+    errors = sorted(validator.iter_errors(entries), key=lambda error: [str(part) for part in error.absolute_path])
+    if errors:
+        raise ValueError("\n".join(f"{'.'.join(['data.datasets', *map(str, error.absolute_path)])}: "
+                                    f"{_error_text(error)}" for error in errors))
+    return entries
+
+
+def _error_text(error) -> str:
+    """An error in words: the schema's own (errorMessage) where it has them, unknown keys by name."""
+    worded = error.schema.get("errorMessage", {}).get(error.validator)
+    if worded:
+        return worded.format(value=error.instance)
+    if error.validator == "additionalProperties":
+        unknown = sorted(set(error.instance) - set(error.schema["properties"]))
+        return f"unknown keys {unknown} (expected {', '.join(error.schema['properties'])})"
+    return error.message
+
+
+def dataset_entry(name: str, entries: dict[str, dict]) -> dict:
+    """The entry of dataset `name` in `entries` (config/datasets.yaml with data.datasets over it)."""
+    if name not in entries:
+        raise ValueError(f"data: dataset {name!r} is in neither data.datasets nor config/datasets.yaml "
+                         f"(known: {', '.join(sorted(entries))})")
+    return entries[name]
+
+
+def check_source(source: str, hubs: dict[str, str | None], local: Iterable[str] = ()) -> None:
+    """Hub datasets only with data.source hub: the fetch rule runs for no other source. `hubs`: the datasets in use
+    by name, and the hub id of each (None: a local file); `local`: names read from a local copy instead (a script's
+    --dataset_file)."""
+    for name, hub in hubs.items():
+        if hub and source != "hub" and name not in local:
+            raise ValueError(f"data.datasets.{name} is a hub dataset ({hub}) but data.source is {source}; "
+                             "set data.source: hub")
+
+
 def resolve_specs(names: list[str], catalog: dict[str, dict], overrides: dict[str, dict] | None) -> dict[str, DatasetSpec]:
     """Specs for `names`, from `overrides` (the config's data.datasets) over `catalog` (config/datasets.yaml)."""
     merged = {**catalog, **(overrides or {})}
-    specs = {}
-    for name in names:
-        if name not in merged:
-            raise ValueError(f"dataset {name!r} is in neither data.datasets nor config/datasets.yaml "
-                             f"(known: {', '.join(sorted(merged))})")
-        specs[name] = DatasetSpec.from_config(name, merged[name])
-    return specs
+    return {name: DatasetSpec.from_config(name, dataset_entry(name, merged)) for name in names}
 
 
 def load_hub(spec: DatasetSpec) -> pa.Table:

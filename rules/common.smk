@@ -1,16 +1,14 @@
 # Helpers shared by the rules. Nothing here imports torch, vLLM or transformers: a dry run stays fast.
-import functools
 import hashlib
 import json
 import os
 import shlex
 
-import yaml
-
 from mathsft.data import SHARD_NAME_PATTERN, shard_count, shard_name, shard_range
 from mathsft.io import file_sha256
 from mathsft.models import EMBEDDED_PREFIX as EMBEDDED
 from mathsft.serve import check_no_secrets
+from mathsft.sources import check_datasets, check_source, dataset_entry, read_catalog
 
 SCRIPTS = os.path.join(workflow.basedir, "scripts")
 LIBRARY = os.path.join(workflow.basedir, "mathsft")
@@ -67,32 +65,24 @@ def eval_benchmarks():
     return chosen
 
 
-@functools.cache
-def dataset_catalog():
-    """config/datasets.yaml, read once per Snakemake run (the DAG asks for it once per dataset and rule)."""
-    with open(os.path.join(workflow.basedir, "config", "datasets.yaml")) as handle:
-        return yaml.safe_load(handle) or {}
-
-
-def dataset_specs():
-    """Every dataset the config can name (hub or files sources): config/datasets.yaml, overridden and
-    extended by data.datasets. Only the names in use are checked, in dataset_spec()."""
-    return dataset_catalog() | config["data"]["datasets"]
+# Every dataset the config can name (hub or files sources): config/datasets.yaml, overridden and extended by
+# data.datasets, checked once here against schemas/datasets.schema.json, as a workflow checks its sample sheet.
+DATASETS = check_datasets(read_catalog(os.path.join(workflow.basedir, "config", "datasets.yaml"))
+                          | config["data"]["datasets"])
 
 
 def dataset_spec(name):
-    """The spec of one dataset in use, checked: exactly one of hub/path, and hub only with source: hub."""
-    specs = dataset_specs()
-    if name not in specs:
-        raise ValueError(f"data: dataset {name!r} is in neither data.datasets nor config/datasets.yaml "
-                         f"(known: {', '.join(sorted(specs))})")
-    spec = specs[name]
-    if bool(spec.get("hub")) == bool(spec.get("path")):
-        raise ValueError(f"data.datasets.{name}: give exactly one of hub: (a dataset id) or path: (a local file)")
-    if spec.get("hub") and config["data"]["source"] != "hub":
-        raise ValueError(f"data.datasets.{name} is a hub dataset ({spec['hub']}) but data.source is "
-                         f"{config['data']['source']}; set data.source: hub")
+    """The spec of one dataset in use: hub datasets only with source: hub."""
+    spec = dataset_entry(name, DATASETS)
+    check_source(config["data"]["source"], {name: spec.get("hub")})
     return spec
+
+
+def datasets_in_use():
+    """The datasets of data.train_sets and data.benchmarks, each once (none for reasoning_gym)."""
+    if config["data"]["source"] == "reasoning_gym":
+        return []
+    return list(dict.fromkeys(config["data"]["train_sets"] + config["data"]["benchmarks"]))
 
 
 def dataset_identities(names):
@@ -109,19 +99,13 @@ def dataset_identities(names):
 
 def hub_datasets():
     """Datasets fetched from the hub by the local fetch_dataset rule (none for other sources)."""
-    if config["data"]["source"] == "reasoning_gym":
-        return []
-    names = config["data"]["train_sets"] + config["data"]["benchmarks"]
-    return [name for name in dict.fromkeys(names) if dataset_spec(name).get("hub")]
+    return [name for name in datasets_in_use() if dataset_spec(name).get("hub")]
 
 
 def data_inputs():
     """Files the data stage reads: fetched hub splits and local dataset files."""
-    if config["data"]["source"] == "reasoning_gym":
-        return []
-    names = dict.fromkeys(config["data"]["train_sets"] + config["data"]["benchmarks"])
     return [f"results/data/raw/{name}.parquet" if dataset_spec(name).get("hub") else dataset_spec(name)["path"]
-            for name in names]
+            for name in datasets_in_use()]
 
 
 def data_options():

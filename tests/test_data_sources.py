@@ -5,6 +5,8 @@ it on local copies of the hub datasets (fetched by the real `datasets.load_datas
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -14,7 +16,7 @@ import yaml
 from helpers.hubdata import AIME_PROBLEM, CATALOG_REVISIONS, write_hub_copies
 from mathsft import data, sources
 from mathsft.io import BENCHMARK_SCHEMA, read_parquet, write_parquet
-from helpers.workflow import REPO, planned_outputs, snakemake
+from helpers.workflow import REPO, SNAKEMAKE, checkout, planned_outputs, snakemake
 
 
 def spec(name="set", **entry):
@@ -72,6 +74,38 @@ def test_a_dataset_spec_needs_exactly_one_place_and_known_keys():
         sources.DatasetSpec.from_config("d", {"hub": "org/x", "columns": {"solution": "s"}})
     with pytest.raises(ValueError, match="is in neither data.datasets nor config/datasets.yaml"):
         sources.resolve_specs(["nope"], {"aime24": {"hub": "x"}}, {})
+
+
+def test_a_dataset_entry_with_an_unknown_key_a_wrong_type_or_format_is_an_error_naming_dataset_and_key():
+    with pytest.raises(ValueError, match=r"data\.datasets\.d: unknown keys \['colums'\] \(expected hub, path, "):
+        sources.DatasetSpec.from_config("d", {"path": "x.jsonl", "colums": {"problem": "q"}})
+    with pytest.raises(ValueError, match=r"data\.datasets\.d\.split: 3 is not of type 'string'"):
+        sources.DatasetSpec.from_config("d", {"hub": "org/x", "split": 3})
+    with pytest.raises(ValueError, match=r"data\.datasets\.d\.columns\.level: 5 is not of type 'string'"):
+        sources.DatasetSpec.from_config("d", {"hub": "org/x", "columns": {"level": 5}})
+    with pytest.raises(ValueError, match=r"data\.datasets\.d\.path: x\.csv is not one of \.parquet, \.jsonl, \.json"):
+        sources.DatasetSpec.from_config("d", {"path": "x.csv"})
+    with pytest.raises(ValueError, match=r"data\.datasets\.d: expected a mapping with hub: or path:, got 'org/x'"):
+        sources.DatasetSpec.from_config("d", "org/x")
+    with pytest.raises(ValueError, match=r"data\.datasets\.d: give exactly one of hub"):
+        sources.DatasetSpec.from_config("d", {"split": "test"})
+
+
+def test_every_bad_entry_of_a_catalog_is_named_at_once():
+    catalog = {"good": {"hub": "org/x"}, "both": {"hub": "org/y", "path": "y.jsonl"}, "typo": {"hub": "org/z", "revison": "a"}}
+    with pytest.raises(ValueError) as error:
+        sources.check_datasets(catalog)
+    assert str(error.value).splitlines() == [
+        "data.datasets.both: give exactly one of hub: (a dataset id) or path: (a local file)",
+        "data.datasets.typo: unknown keys ['revison'] (expected hub, path, split, subset, revision, columns)"]
+
+
+def test_the_shipped_catalog_follows_the_datasets_schema_that_the_config_schema_refers_to():
+    catalog = sources.read_catalog(REPO / "config" / "datasets.yaml")
+    assert sources.check_datasets(catalog) is catalog
+    config_schema = yaml.safe_load((REPO / "config" / "config.schema.yaml").read_text())
+    entry = config_schema["properties"]["data"]["properties"]["datasets"]["additionalProperties"]
+    assert entry == {"$ref": "../schemas/datasets.schema.json#/$defs/dataset"}
 
 
 def test_answers_of_every_stored_type_become_text_math_verify_can_read():
@@ -210,6 +244,33 @@ def test_a_bad_column_mapping_fails_the_data_stage_naming_key_and_file_and_keeps
     log = (workdir / "logs" / "data" / "prepare.log").read_text()
     assert "data.datasets.amc23.columns.problem: column 'prompt' is not in results/data/raw/amc23.parquet" in log
     assert (workdir / "results" / "data" / "raw" / "deepscaler.parquet").exists()
+
+
+def test_a_data_datasets_entry_with_an_unknown_key_is_refused_before_any_job_naming_it(hub_run):
+    workdir, configfile, config = hub_run
+    config["data"]["datasets"]["amc23"]["colums"] = {"problem": "question"}
+    configfile.write_text(yaml.safe_dump(config))
+    result = snakemake(workdir, configfile, "-n", "results/eval.json", timeout=300)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "'colums' was unexpected" in output and "['data']['datasets']['amc23']" in output
+
+
+def test_a_broken_catalog_entry_is_refused_when_the_dag_is_built_naming_dataset_and_key(hub_run, tmp_path):
+    workdir, configfile, config = hub_run
+    copy = shutil.copytree(checkout(), tmp_path / "checkout")
+    catalog = yaml.safe_load((copy / "config" / "datasets.yaml").read_text())
+    catalog["minerva"]["path"] = "minerva.jsonl"
+    catalog["aime24"]["split"] = 2024
+    (copy / "config" / "datasets.yaml").write_text(yaml.safe_dump(catalog))
+    del config["data"]["datasets"]["minerva"], config["data"]["datasets"]["aime24"]
+    configfile.write_text(yaml.safe_dump(config))
+    result = subprocess.run([*SNAKEMAKE, "-s", str(copy / "Snakefile"), "--directory", str(workdir), "--configfile",
+                             str(configfile), "-n", "results/eval.json"], capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "data.datasets.aime24.split: 2024 is not of type 'string'" in output
+    assert "data.datasets.minerva: give exactly one of hub: (a dataset id) or path: (a local file)" in output
 
 
 def test_a_hub_dataset_with_source_files_is_refused_before_any_job(hub_run):
