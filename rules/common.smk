@@ -33,24 +33,58 @@ def shard_rows(wildcards):
     return stop - start
 
 
+# The data settings of each source, in the order prepare_math_data.py takes them: config key, option, and what the
+# key decides. Every key is passed (data_options). "count" decides only how many shards there are; every other key
+# decides what a shard holds (data_identity); "bench" keys also decide what the evaluation sets hold
+# (bench_identity). `datasets` stands for the datasets in use: their specs as options; their specs and file
+# contents as identity, the evaluated ones' for the evaluation sets.
+DATA_SETTINGS = {
+    "reasoning_gym": (
+        ("source", "--source", "bench"),
+        ("num_samples", "--num_samples", "count"),
+        ("shard_size", "--shard_size", "shards"),
+        ("seed", "--seed", "shards"),
+        ("decontamination_ngram", "--ngram", "shards"),
+        ("benchmarks", "--benchmarks", "bench"),
+        ("tasks", "--tasks", "shards"),
+        ("eval_problems", "--eval_problems", "bench"),
+        ("eval_seed", "--eval_seed", "bench"),
+        ("task_options", "--task_options", "bench"),
+    ),
+    "datasets": (  # hub and files
+        ("source", "--source", "shards"),
+        ("num_samples", "--num_samples", "count"),
+        ("shard_size", "--shard_size", "shards"),
+        ("seed", "--seed", "shards"),
+        ("decontamination_ngram", "--ngram", "shards"),
+        ("benchmarks", "--benchmarks", "shards"),
+        ("train_sets", "--train_sets", "shards"),
+        ("max_problem_chars", "--max_problem_chars", "shards"),
+        ("datasets", "--datasets", "bench"),
+    ),
+}
+
+
+def data_settings(decides=None):
+    """DATA_SETTINGS of the configured source, all of them or those whose key decides `decides`."""
+    settings = DATA_SETTINGS["reasoning_gym" if config["data"]["source"] == "reasoning_gym" else "datasets"]
+    return [setting for setting in settings if decides is None or setting[2] in decides]
+
+
 def data_identity():
     """The data settings that decide what a shard holds (not how many shards there are). Teacher jobs take
     their shard as ancient() and these as a param, so raising data.num_samples, which rewrites the shard
     files with the same rows, never regenerates existing shards. The evaluation sets count too: training
     problems that overlap them are removed."""
-    if config["data"]["source"] == "reasoning_gym":
-        return canonical(config["data"], ("source", "tasks", "benchmarks", "seed", "eval_seed", "eval_problems",
-                                          "shard_size", "decontamination_ngram", "task_options"))
-    keys = ("source", "train_sets", "benchmarks", "seed", "shard_size", "decontamination_ngram", "max_problem_chars")
-    names = config["data"]["train_sets"] + config["data"]["benchmarks"]
-    return canonical(config["data"] | {"datasets": dataset_identities(names)}, keys + ("datasets",))
+    identities = {"datasets": dataset_identities(datasets_in_use())}
+    return canonical(config["data"] | identities, [key for key, _, _ in data_settings(("shards", "bench"))])
 
 
 def bench_identity():
     """The data settings that decide what the evaluation sets hold."""
-    if config["data"]["source"] == "reasoning_gym":
-        return canonical(config["data"], ("source", "benchmarks", "eval_seed", "eval_problems", "task_options"))
-    return canonical({"datasets": dataset_identities(eval_benchmarks())}, ("datasets",))
+    evaluated = eval_benchmarks() if datasets_in_use() else []
+    identities = {"datasets": dataset_identities(evaluated)}
+    return canonical(config["data"] | identities, [key for key, _, _ in data_settings(("bench",))])
 
 
 def eval_benchmarks():
@@ -109,19 +143,21 @@ def data_inputs():
 
 
 def data_options():
-    """prepare_math_data.py options for the configured source, as argv words (a param: all of them decide the
-    data; the rule quotes each word)."""
-    data = config["data"]
-    common = ["--source", data["source"], "--num_samples", data["num_samples"], "--shard_size", data["shard_size"],
-              "--seed", data["seed"], "--ngram", data["decontamination_ngram"], "--benchmarks", *data["benchmarks"]]
-    if data["source"] == "reasoning_gym":
-        return common + ["--tasks", *data["tasks"], "--eval_problems", data["eval_problems"],
-                         "--eval_seed", data["eval_seed"], "--task_options", json.dumps(data["task_options"], sort_keys=True)]
-    names = dict.fromkeys(data["train_sets"] + data["benchmarks"])
-    specs = json.dumps({name: dataset_spec(name) for name in names}, sort_keys=True)
-    files = [f"--dataset_file={name}=results/data/raw/{name}.parquet" for name in hub_datasets()]
-    return common + ["--train_sets", *data["train_sets"], "--max_problem_chars", data["max_problem_chars"],
-                     "--datasets", specs, *files]
+    """prepare_math_data.py options for the configured source (DATA_SETTINGS), as argv words (a param: all of them
+    decide the data; the rule quotes each word): lists as one word each, mappings as sorted JSON, and for hub
+    datasets where their fetched copy lies."""
+    values = config["data"] | {"datasets": {name: dataset_spec(name) for name in datasets_in_use()}}
+    words = []
+    for key, option, _ in data_settings():
+        words += [option, *option_values(values[key])]
+    return words + [f"--dataset_file={name}=results/data/raw/{name}.parquet" for name in hub_datasets()]
+
+
+def option_values(value):
+    """The argv words after an option: a list's items, a mapping as sorted JSON, else the value itself."""
+    if isinstance(value, list):
+        return value
+    return [json.dumps(value, sort_keys=True) if isinstance(value, dict) else value]
 
 
 def fetch_options(wildcards):
