@@ -46,11 +46,12 @@ def collate_packed(batch: list[tuple[list[int], list[int]]]):
     return as_row(input_ids), as_row(labels), as_row(positions), torch.tensor(bounds, dtype=torch.int32)
 
 
-def packed_kwargs(cu_seqlens, device) -> dict:
-    """Keyword arguments a model's forward passes down to its attention for one packed row."""
-    cu = cu_seqlens.to(device)
-    longest = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
-    return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": longest, "max_length_k": longest}
+def packed_kwargs(cumulative_lengths, device) -> dict:
+    """Keyword arguments a model's forward passes down to its attention for one packed row, whose traces end
+    at `cumulative_lengths` (from 0)."""
+    on_device = cumulative_lengths.to(device)
+    longest = int((cumulative_lengths[1:] - cumulative_lengths[:-1]).max())
+    return {"cu_seq_lens_q": on_device, "cu_seq_lens_k": on_device, "max_length_q": longest, "max_length_k": longest}
 
 
 _varlen_failed = False
@@ -67,7 +68,7 @@ def _varlen_kernel():
     return varlen_attn, frozenset(inspect.signature(varlen_attn).parameters)
 
 
-def _varlen_attention(module, query, key, value, cu_seqlens, max_length, scaling):
+def _varlen_attention(module, query, key, value, cumulative_lengths, max_length, scaling):
     """PyTorch's varlen flash attention over a packed row (CUDA): (1, H, L, D) in, (1, L, H, D) out."""
     varlen_attn, options = _varlen_kernel()
     q, k, v = (t[0].transpose(0, 1).contiguous() for t in (query, key, value))  # (L, heads, D)
@@ -78,7 +79,7 @@ def _varlen_attention(module, query, key, value, cu_seqlens, max_length, scaling
             kwargs["enable_gqa"] = True
         else:
             k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], dim=1) for t in (k, v))
-    return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_length, max_length, **kwargs).unsqueeze(0)
+    return varlen_attn(q, k, v, cumulative_lengths, cumulative_lengths, max_length, max_length, **kwargs).unsqueeze(0)
 
 
 def per_trace_attention(module, query, key, value, attention_mask, cu_seq_lens_q=None, max_length_q=None, **kwargs):
