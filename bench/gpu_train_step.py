@@ -33,15 +33,15 @@ def synthetic_traces(tokenizer, lengths: list[int]) -> tuple[list[dict], list[in
     """Curated-set rows whose chat-formatted lengths are close to `lengths` (and those lengths)."""
     from mathsft.chat import end_of_turn_token, tokenize_example
 
-    eot_id = tokenizer.convert_tokens_to_ids(end_of_turn_token(tokenizer))
+    end_of_turn_id = tokenizer.convert_tokens_to_ids(end_of_turn_token(tokenizer))
     messages = [{"role": "user", "content": "Compute the sum of the first 100 primes."}]
     words = "we add the next prime to the running total and check the parity of the result".split()
     long_ids = tokenizer(" ".join(words[i % len(words)] for i in range(max(lengths))), add_special_tokens=False)["input_ids"]
-    overhead = len(tokenize_example(tokenizer, messages, "", eot_id)[0])
+    overhead = len(tokenize_example(tokenizer, messages, "", end_of_turn_id)[0])
     responses, actual = {}, []
     for tokens in sorted(set(lengths)):
         response = tokenizer.decode(long_ids[: max(1, tokens - overhead - 2)])
-        responses[tokens] = (response, len(tokenize_example(tokenizer, messages, response, eot_id)[0]))
+        responses[tokens] = (response, len(tokenize_example(tokenizer, messages, response, end_of_turn_id)[0]))
     rows = []
     for i, tokens in enumerate(lengths):
         response = responses[tokens][0]
@@ -78,7 +78,8 @@ def main() -> None:
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
     from mathsft.io import SCORED_SCHEMA, write_parquet
-    from mathsft.train import TrainConfig, train
+    from mathsft.train import train
+    from mathsft.train_settings import TrainConfig
 
     work = Path(tempfile.mkdtemp(prefix="mathsft-gpu-bench-"))
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)

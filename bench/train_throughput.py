@@ -55,7 +55,8 @@ def synthetic_set(path: Path, count: int, seed: int) -> None:
 
 
 def run_mathsft(args, packing: bool, work: Path) -> dict:
-    from mathsft.train import TrainConfig, train
+    from mathsft.train import train
+    from mathsft.train_settings import TrainConfig
 
     cfg = TrainConfig(model=args.model, train_path=args.train, val_path=str(work / "none.parquet"),
                       output_dir=str(work / "model"), deepspeed_config=str(REPO / "config/deepspeed/zero2.json"),

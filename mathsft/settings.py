@@ -1,5 +1,5 @@
 """Command-line options from the stage dataclasses: each setting's type, default and help are written once, in
-its dataclass (mathsft.generate.Sampling, ClientSettings, mathsft.train.TrainConfig, ...), and a script's
+its dataclass (mathsft.generate.Sampling, ClientSettings, mathsft.train_settings.TrainConfig, ...), and a script's
 argparse is built from them."""
 
 from __future__ import annotations

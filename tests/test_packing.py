@@ -35,8 +35,8 @@ def test_the_loss_of_a_packed_row_equals_the_traces_losses_one_by_one(student_di
 
     from mathsft.chat import end_of_turn_token, tokenize_example
 
-    eot_id = student_tokenizer.convert_tokens_to_ids(end_of_turn_token(student_tokenizer))
-    examples = [tokenize_example(student_tokenizer, [{"role": "user", "content": q}], a, eot_id) for q, a in
+    end_of_turn_id = student_tokenizer.convert_tokens_to_ids(end_of_turn_token(student_tokenizer))
+    examples = [tokenize_example(student_tokenizer, [{"role": "user", "content": q}], a, end_of_turn_id) for q, a in
                 [("What is 2+2?", "2+2 = \\boxed{4}"), ("Add 13 and 29.", "13 + 29 = 42, so \\boxed{42}."),
                  ("Compute 7 times 6, showing your steps.", "7 x 6 = 42. The answer is \\boxed{42}.")]]
     model = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32,
@@ -66,18 +66,18 @@ def test_the_label_only_loss_equals_cross_entropy_over_full_logits(student_dir, 
     import torch.nn.functional as F
     from transformers import AutoModelForCausalLM
 
-    from mathsft import train
+    from mathsft import loss
     from mathsft.chat import end_of_turn_token, tokenize_example
 
-    eot_id = student_tokenizer.convert_tokens_to_ids(end_of_turn_token(student_tokenizer))
+    end_of_turn_id = student_tokenizer.convert_tokens_to_ids(end_of_turn_token(student_tokenizer))
     ids, labels = tokenize_example(student_tokenizer, [{"role": "user", "content": "Add 13 and 29."}],
-                                   "13 + 29 = 42, so the answer is \\boxed{42}.", eot_id)
+                                   "13 + 29 = 42, so the answer is \\boxed{42}.", end_of_turn_id)
     model = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32)
     ids, labels = torch.tensor([ids]), torch.tensor([labels])
-    monkeypatch.setattr(train, "LOSS_CHUNK_TOKENS", 5)  # several chunks even for a short answer
+    monkeypatch.setattr(loss, "LOSS_CHUNK_TOKENS", 5)  # several chunks even for a short answer
     if logits_in_memory is not None:
-        monkeypatch.setattr(train, "LOGITS_IN_MEMORY", logits_in_memory)
-    chunked = train.summed_label_loss(model, ids, labels)
+        monkeypatch.setattr(loss, "LOGITS_IN_MEMORY", logits_in_memory)
+    chunked = loss.summed_label_loss(model, ids, labels)
     chunked.backward()
     chunked_grad = model.model.layers[0].mlp.up_proj.weight.grad.clone()
     model.zero_grad()
