@@ -14,7 +14,8 @@ from mathsft.cli import setup_logging
 from mathsft.io import write_json
 from mathsft.serve import exit_on_sigterm
 from mathsft.settings import add_dataclass_arguments, from_args
-from mathsft.train import ConfigError, TrainConfig, TrainingDiverged, train
+from mathsft.train import TrainingDiverged, train
+from mathsft.train_settings import ConfigError, TrainConfig, one_or_several
 
 # TrainConfig's inputs and outputs: their options, required and some named otherwise, are written out below.
 PATH_FIELDS = ("model", "train_path", "val_path", "output_dir", "deepspeed_config")
@@ -23,8 +24,10 @@ PATH_FIELDS = ("model", "train_path", "val_path", "output_dir", "deepspeed_confi
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="model to start from (seed: model.partial_pretrain)")
-    parser.add_argument("--train_files", required=True, help="curated train parquet")
-    parser.add_argument("--val_files", required=True, help="curated val parquet")
+    parser.add_argument("--train_files", required=True, nargs="+",
+                        help="curated train parquet file(s), read in the order given as one training set")
+    parser.add_argument("--val_files", required=True, nargs="+",
+                        help="curated val parquet file(s), read in the order given; missing ones are skipped")
     parser.add_argument("--output_dir", required=True, help="Hugging Face folder to export")
     parser.add_argument("--metrics", required=True, help="training metrics jsonl to write")
     parser.add_argument("--summary", required=True, help="training summary json to write")
@@ -33,6 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_arguments(parser, TrainConfig, exclude=PATH_FIELDS)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     return parser
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The run's settings from the parsed options; one file each keeps the plain path (its recorded config and
+    its checkpoints' fingerprint stay those of runs before several files were taken)."""
+    return from_args(TrainConfig, args, train_path=one_or_several(args.train_files),
+                     val_path=one_or_several(args.val_files), deepspeed_config=args.deepspeed)
 
 
 def main() -> None:
@@ -45,8 +55,7 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    cfg = from_args(TrainConfig, args, train_path=args.train_files, val_path=args.val_files,
-                    deepspeed_config=args.deepspeed)
+    cfg = train_config(args)
     try:
         summary = train(cfg, args.metrics)
     except (ConfigError, TrainingDiverged) as exc:

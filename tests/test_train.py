@@ -1,11 +1,14 @@
+import importlib.util
 import json
 import logging
 import math
+from pathlib import Path
 
 import pytest
 
-from mathsft.train import (Checkpoints, ConfigError, TrainConfig, TrainingDiverged, check_config, check_finite,
-                           cosine_with_warmup, deepspeed_config, run_fingerprint)
+from mathsft.checkpoints import Checkpoints
+from mathsft.train import TrainingDiverged, check_finite, cosine_with_warmup
+from mathsft.train_settings import ConfigError, TrainConfig, check_config, deepspeed_config, run_fingerprint
 
 
 def _cfg(tmp_path, **overrides):
@@ -80,7 +83,7 @@ def test_a_resume_skips_and_counts_torn_or_undecodable_metrics_lines_and_keeps_t
     # Bytes that are not UTF-8 (a cut character), a line that is not a metrics entry, and a torn last line.
     damaged = [good[0], b'{"step": 2, "note": "caf\xc3"}', good[1], b"[1, 2]", good[2], b'{"step": 4, "lo']
     (folder / "metrics.jsonl").write_bytes(b"\n".join(damaged))
-    with caplog.at_level(logging.WARNING, logger="mathsft.train"):
+    with caplog.at_level(logging.WARNING, logger="mathsft.checkpoints"):
         Checkpoints(str(folder), "fingerprint", rank=0).prepare(resumed_step=2)
     assert (folder / "metrics.jsonl").read_bytes() == good[0] + b"\n" + good[1] + b"\n"
     assert "3 unreadable line(s) skipped" in caplog.text and str(folder / "metrics.jsonl") in caplog.text
@@ -156,3 +159,58 @@ def test_an_unknown_tracker_or_one_without_a_folder_is_refused_naming_the_key(tm
 def test_tracking_never_changes_which_checkpoints_a_run_resumes(tmp_path):
     tracked = _cfg(tmp_path, report_to="tensorboard", tracking_dir=str(tmp_path / "tb"))
     assert run_fingerprint(tracked) == run_fingerprint(_cfg(tmp_path))
+
+
+def train_script():
+    """scripts/train_sft.py as a module (its parser and its settings from parsed options)."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train_sft.py"
+    spec = importlib.util.spec_from_file_location("train_sft", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_two_train_files_are_read_in_the_order_given_as_one_training_set(tmp_path, student_tokenizer):
+    from mathsft.chat import end_of_turn_token
+    from mathsft.train_data import load_examples
+    from helpers.sftdata import write_sft_set
+
+    first, second = write_sft_set(tmp_path / "a.parquet", 3), write_sft_set(tmp_path / "b.parquet", 5)
+    end_of_turn_id = student_tokenizer.convert_tokens_to_ids(end_of_turn_token(student_tokenizer))
+
+    def examples(*paths, max_length=512):
+        return load_examples([str(path) for path in paths], student_tokenizer, end_of_turn_id, max_length)
+
+    assert examples(first, second)[0] == examples(first)[0] + examples(second)[0]
+    assert len(examples(first, second)[0]) == 8 and examples(first, second) != examples(second, first)
+    shortest = min(len(ids) for ids, _ in examples(first, second)[0])
+    too_long = [examples(*paths, max_length=shortest)[1] for paths in ((first, second), (first,), (second,))]
+    assert too_long[0] == too_long[1] + too_long[2] > 0  # the traces too long in either file are counted
+
+
+def test_train_files_takes_several_and_one_keeps_the_config_and_fingerprint_it_had(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "train.parquet").write_bytes(b"PAR1")
+    (tmp_path / "more.parquet").write_bytes(b"PAR1 more")
+    (tmp_path / "deepspeed.json").write_text('{"zero_optimization": {"stage": 2}}')
+    script = train_script()
+    common = ["--model", "m", "--output_dir", "o", "--metrics", "x", "--summary", "y", "--deepspeed", "deepspeed.json",
+              "--val_files", "val.parquet"]
+
+    def settings(*train_files):
+        return script.train_config(script.build_parser().parse_args(["--train_files", *train_files, *common]))
+
+    one = settings("train.parquet")
+    # A run of one file keeps the plain path in its summary's config, and the fingerprint its checkpoints were
+    # written with before --train_files took several files (so that a run killed then still resumes).
+    assert one.train_path == "train.parquet" and one.val_path == "val.parquet"
+    assert run_fingerprint(one) == "341508ee30b28437" and run_fingerprint(one, 2) == "0ad97061a0841442"
+    both = settings("train.parquet", "more.parquet")
+    assert both.train_path == ("train.parquet", "more.parquet")
+    assert check_config(both, 1, 4096, None) == 4
+    # The second file's content is part of the fingerprint: another second file, another run.
+    before = run_fingerprint(both)
+    (tmp_path / "more.parquet").write_bytes(b"PAR1 other")
+    assert run_fingerprint(both) not in (before, run_fingerprint(one))
+    with pytest.raises(ConfigError, match="train file missing.parquet does not exist"):
+        check_config(settings("train.parquet", "missing.parquet"), 1, 4096, None)
