@@ -14,10 +14,11 @@ from mathsft.train_settings import ConfigError, TrainConfig, check_config, deeps
 def _cfg(tmp_path, **overrides):
     train = tmp_path / "train.parquet"
     train.write_bytes(b"")
-    ds = tmp_path / "ds.json"
-    ds.write_text(json.dumps({"zero_optimization": {"stage": 2}}))
+    deepspeed_json = tmp_path / "deepspeed.json"
+    deepspeed_json.write_text(json.dumps({"zero_optimization": {"stage": 2}}))
     values = dict(model="m", train_path=str(train), val_path=str(tmp_path / "val.parquet"), output_dir="o",
-                  deepspeed_config=str(ds), global_batch_size=8, micro_batch_size_per_device=2, max_length=1024)
+                  deepspeed_config=str(deepspeed_json), global_batch_size=8, micro_batch_size_per_device=2,
+                  max_length=1024)
     return TrainConfig(**(values | overrides))
 
 
@@ -54,9 +55,10 @@ def test_schedule_warms_up_linearly_then_decays_to_zero():
 
 def test_deepspeed_config_gets_batch_and_optimiser_values(tmp_path):
     cfg = _cfg(tmp_path, learning_rate=3e-5)
-    ds = deepspeed_config(cfg.deepspeed_config, cfg, gradient_accumulation_steps=4, use_bf16=False)
-    assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (8, 2, 4)
-    assert ds["optimizer"]["params"]["lr"] == 3e-5 and ds["bf16"] == {"enabled": False}
+    settings = deepspeed_config(cfg.deepspeed_config, cfg, gradient_accumulation_steps=4, use_bf16=False)
+    batch = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
+    assert tuple(settings[key] for key in batch) == (8, 2, 4)
+    assert settings["optimizer"]["params"]["lr"] == 3e-5 and settings["bf16"] == {"enabled": False}
 
 
 def test_one_float32_process_runs_zero_1_and_2_as_stage_0_and_keeps_every_other_setup(tmp_path):
@@ -66,9 +68,9 @@ def test_one_float32_process_runs_zero_1_and_2_as_stage_0_and_keeps_every_other_
     assert deepspeed_config(cfg.deepspeed_config, cfg, 4, use_bf16=False, world_size=2)["zero_optimization"]["stage"] == 2
     assert deepspeed_config(cfg.deepspeed_config, cfg, 4, use_bf16=True, world_size=1)["zero_optimization"]["stage"] == 2
     for zero in ({"stage": 3}, {"stage": 2, "offload_optimizer": {"device": "cpu"}}):
-        ds = tmp_path / "other.json"
-        ds.write_text(json.dumps({"zero_optimization": zero}))
-        assert deepspeed_config(str(ds), cfg, 4, use_bf16=False, world_size=1)["zero_optimization"] == zero
+        deepspeed_json = tmp_path / "other.json"
+        deepspeed_json.write_text(json.dumps({"zero_optimization": zero}))
+        assert deepspeed_config(str(deepspeed_json), cfg, 4, use_bf16=False, world_size=1)["zero_optimization"] == zero
 
 
 def test_a_checkpoint_is_resumed_only_with_the_same_process_count(tmp_path):
