@@ -14,7 +14,7 @@ from pathlib import Path
 
 from mathsft.cost import cost_rows, unit_cost_lines
 from mathsft.curate import FUNNEL_STEPS
-from mathsft.evaluate import comparison_rows, metric_columns, metrics_rows
+from mathsft.metrics import comparison_rows, metric_columns, metrics_rows
 from mathsft.io import atomic_path
 
 # Steps of the curation funnel in stats.json, each a subset of the one before; "fits" (within

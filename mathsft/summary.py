@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from mathsft.cost import cost_rows, unit_cost_lines
-from mathsft.evaluate import print_summary, text_table
+from mathsft.metrics import print_summary, text_table
 
 COST_HEADING = "cost per stage (wall s summed over jobs; GPU s = wall x GPUs asked; CPU s of jobs without GPUs)"
 

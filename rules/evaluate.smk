@@ -80,7 +80,7 @@ rule eval_summary:
     input:
         scored=ancient(expand("results/eval/{model}.parquet", model=eval_labels())),
         # The metrics' and comparisons' code: editing it remakes eval.json.
-        code=[os.path.join(LIBRARY, "evaluate.py"), os.path.join(LIBRARY, "compare.py")],
+        code=[os.path.join(LIBRARY, "metrics.py"), os.path.join(LIBRARY, "compare.py")],
         # Their content decides, through each one's sums (early cutoff, common.smk), not their files' times.
         **after_scored_eval(),
     output:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from mathsft import cli, data
 from mathsft.compare import comparison_methods, compare_models
-from mathsft.evaluate import check_document, eval_document, package_versions, print_comparisons, print_summary
+from mathsft.metrics import check_document, eval_document, package_versions, print_comparisons, print_summary
 from mathsft.io import (BENCHMARK_SCHEMA, EVAL_GENERATION_SCHEMA, EVAL_SAMPLE_SCHEMA, EVAL_SCHEMA, read_parquet,
                         write_json, write_parquet)
 from mathsft.reward import RewardSettings, score_rows

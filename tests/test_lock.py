@@ -66,7 +66,7 @@ def test_every_installed_distribution_is_pinned_in_its_lock_at_the_installed_ver
 
 
 def test_eval_json_records_the_locks_sha256_and_that_the_environment_matches():
-    from mathsft.evaluate import package_versions
+    from mathsft.metrics import package_versions
 
     versions = package_versions()
     lock = matching_locks()[0]

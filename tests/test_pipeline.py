@@ -327,7 +327,7 @@ def test_rerunning_data_preparation_that_yields_the_same_shards_makes_nothing_st
 
 
 def test_eval_json_follows_its_versioned_schema(finished_run):
-    from mathsft.evaluate import EVAL_JSON_VERSION, schema_errors
+    from mathsft.metrics import EVAL_JSON_VERSION, schema_errors
 
     workdir, _ = finished_run
     document = json.loads((workdir / "results" / "eval.json").read_text())

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mathsft.evaluate import schema_errors
+from mathsft.metrics import schema_errors
 from mathsft.generate import request_seed
 from mathsft.io import EVAL_SCHEMA, write_parquet
 from mathsft.report import funnel_steps, read_train_metrics

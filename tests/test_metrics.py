@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from mathsft.evaluate import (EVAL_JSON_SCHEMA, LEVELS_HEADING, benchmark_metrics, check_document, eval_document,
+from mathsft.metrics import (EVAL_JSON_SCHEMA, LEVELS_HEADING, benchmark_metrics, check_document, eval_document,
                               majority_at_k, mean_and_stderr, pass_at_k, print_summary, schema_errors, summary_table)
 from mathsft.generate import request_seed
 from mathsft.io import EVAL_SCHEMA, write_parquet
