@@ -31,6 +31,7 @@ class Sampling:
     temperature: float = 0.6
     top_p: float = 0.95
     max_tokens: int = field(default=8192, metadata={"help": "most tokens of one answer"})
+    # The base seed (its option is --seed); each request's seed derives from it (derive_request_seed).
     seed: int = field(default=0, metadata={"help": "base seed; each request gets one derived from it"})
     ignore_eos: bool = False  # benchmarks only: every answer runs to max_tokens
 
@@ -52,7 +53,7 @@ class GenerationFailed(RuntimeError):
     """More samples failed than the configured fraction allows."""
 
 
-def request_seed(base_seed: int, problem_id: str, sample_index: int) -> int:
+def derive_request_seed(base_seed: int, problem_id: str, sample_index: int) -> int:
     """A per-request seed from (base seed, problem, sample): stable under resumption and reordering."""
     digest = hashlib.sha256(f"{base_seed}:{problem_id}:{sample_index}".encode()).digest()
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
@@ -69,11 +70,12 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, (json.JSONDecodeError, openai.APIResponseValidationError))
 
 
-async def _request(client, model, messages, render, sampling, seed, settings) -> tuple[str, Any, Any]:
+async def _request(client, served_model_name, messages, render, sampling, request_seed, settings
+                   ) -> tuple[str, Any, Any]:
     """One chat completion, or one text completion of the locally rendered prompt when `render` is given;
     returns (text, finish_reason, usage)."""
-    common = dict(model=model, temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=sampling.max_tokens,
-                  seed=seed, n=1, timeout=settings.request_timeout_s,
+    common = dict(model=served_model_name, temperature=sampling.temperature, top_p=sampling.top_p,
+                  max_tokens=sampling.max_tokens, seed=request_seed, n=1, timeout=settings.request_timeout_s,
                   extra_body={"ignore_eos": True} if sampling.ignore_eos else None)
     if render is None:
         reply = await client.chat.completions.create(messages=messages, **common)
@@ -86,21 +88,24 @@ async def _request(client, model, messages, render, sampling, seed, settings) ->
     return text, reply.choices[0].finish_reason, reply.usage
 
 
-async def _sample_one(client, semaphore, model: str, model_id: str, row_index: int, row: dict, sample_index: int,
-                      template: str, sampling: Sampling, settings: ClientSettings, render) -> dict[str, Any]:
-    messages = build_messages(row["problem"], template)
-    seed = request_seed(sampling.seed, row["problem_id"], sample_index)
+async def _sample_one(client, semaphore, served_model_name: str, model_id: str, row_index: int, row: dict,
+                      sample_index: int, prompt_template: str, sampling: Sampling, settings: ClientSettings,
+                      render) -> dict[str, Any]:
+    messages = build_messages(row["problem"], prompt_template)
+    request_seed = derive_request_seed(sampling.seed, row["problem_id"], sample_index)
     record = dict(row) | {
         "row_index": row_index, "sample_index": sample_index, "messages": json.dumps(messages),
-        "model": model_id, "served_model_name": model if model != model_id else None, "prompt_template": template,
-        "api": "chat" if render is None else "completions",
-        "temperature": sampling.temperature, "top_p": sampling.top_p, "max_tokens": sampling.max_tokens, "seed": seed,
+        "model": model_id, "served_model_name": served_model_name if served_model_name != model_id else None,
+        "prompt_template": prompt_template, "api": "chat" if render is None else "completions",
+        "temperature": sampling.temperature, "top_p": sampling.top_p, "max_tokens": sampling.max_tokens,
+        "seed": request_seed,  # stored under the API's name (mathsft.io)
     }
     async with semaphore:
         for attempt in range(1, settings.max_attempts + 1):
             started = time.monotonic()
             try:
-                text, finish_reason, usage = await _request(client, model, messages, render, sampling, seed, settings)
+                text, finish_reason, usage = await _request(client, served_model_name, messages, render, sampling,
+                                                            request_seed, settings)
                 return record | {
                     "response": text, "finish_reason": finish_reason,
                     "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
@@ -115,8 +120,8 @@ async def _sample_one(client, semaphore, model: str, model_id: str, row_index: i
     raise AssertionError("unreachable")
 
 
-async def _sample_all(base_url, api_key, model, model_id, rows, todo, template, sampling, settings, check_alive,
-                      progress, render):
+async def _sample_all(base_url, api_key, served_model_name, model_id, rows, todo, prompt_template, sampling, settings,
+                      check_alive, progress, render):
     import openai
 
     # Our own retry loop counts failures; the client's built-in retries would hide them.
@@ -124,8 +129,8 @@ async def _sample_all(base_url, api_key, model, model_id, rows, todo, template, 
                                 timeout=settings.request_timeout_s)
     semaphore = asyncio.Semaphore(settings.concurrency)
     tasks = [
-        asyncio.ensure_future(_sample_one(client, semaphore, model, model_id, i, rows[i], k, template, sampling, settings,
-                                          render))
+        asyncio.ensure_future(_sample_one(client, semaphore, served_model_name, model_id, i, rows[i], k,
+                                          prompt_template, sampling, settings, render))
         for i, k in todo
     ]
     results = []
@@ -145,29 +150,31 @@ async def _sample_all(base_url, api_key, model, model_id, rows, todo, template, 
     return results
 
 
-def journal_fingerprint(rows: list[dict], model: str, template: str, sampling: Sampling, api: str = "chat",
+def journal_fingerprint(rows: list[dict], model_id: str, prompt_template: str, sampling: Sampling, api: str = "chat",
                         server_args: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
-    """What a stored sample depends on: the model (for a local folder, its files' digest too: a retrained model
-    keeps its path), template, API, sampling settings, server arguments, seed and rows. samples_per_problem is
+    """What a stored sample depends on: the model id (for a local folder, its files' digest too: a retrained model
+    keeps its path), prompt template, API, sampling settings, server arguments, seed and rows. samples_per_problem is
     left out: more samples only add indices, fewer keep indices < n. Whole rows are digested, not only the
     problem texts: a stored record brings back its row's other fields (the gold answer, the benchmark) too."""
     rows_digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
-    return {"model": model, "model_files": folder_digest(model) if os.path.isdir(model) else None,
-            "template": template, "api": api, "temperature": sampling.temperature, "top_p": sampling.top_p,
+    # The keys name the store's files (mathsft.journal.store_path): renaming one would orphan every stored sample.
+    return {"model": model_id, "model_files": folder_digest(model_id) if os.path.isdir(model_id) else None,
+            "template": prompt_template, "api": api, "temperature": sampling.temperature, "top_p": sampling.top_p,
             "max_tokens": sampling.max_tokens, "seed": sampling.seed, "ignore_eos": sampling.ignore_eos,
             "server_args": list(server_args), "rows": rows_digest}
 
 
-def sample(rows: list[dict], base_url: str, model: str, template: str, sampling: Sampling,
+def sample(rows: list[dict], base_url: str, served_model_name: str, prompt_template: str, sampling: Sampling,
            settings: ClientSettings, api_key: str | None = None,
            check_alive: Callable[[], None] | None = None,
            journal: "Journal | None" = None,
            render: Callable[[list[dict]], str] | None = None,
            model_id: str | None = None,
            stored: dict[tuple[int, int], dict] | None = None) -> tuple[list[dict], dict[str, Any]]:
-    """Sample `samples_per_problem` responses for each problem row from `model` (the name requests use; records
-    keep `model_id`, the weights behind it, with the served name beside it where the two differ). Returns the successful records (each
-    row's own fields + the sample's), ordered by (row, sample index), and a summary; raises
+    """Sample `samples_per_problem` responses for each problem row from `served_model_name` (the name requests
+    use; records keep `model_id`, the weights behind it, default the served name, with the served name beside it
+    where the two differ). Returns the successful records (each row's own fields + the sample's), ordered by
+    (row, sample index), and a summary; raises
     GenerationFailed when more than `max_failed_fraction` of the samples failed. With a journal, samples
     it already holds are not requested again and each new one is appended as it finishes. With `render`
     (messages -> prompt text, e.g. a chat template), the text-completions API is used instead of chat."""
@@ -192,8 +199,8 @@ def sample(rows: list[dict], base_url: str, model: str, template: str, sampling:
 
     try:
         results = asyncio.run(
-            _sample_all(base_url, api_key, model, model_id or model, rows, todo, template, sampling, settings,
-                        check_alive, progress, render)
+            _sample_all(base_url, api_key, served_model_name, model_id or served_model_name, rows, todo,
+                        prompt_template, sampling, settings, check_alive, progress, render)
         ) if todo else []
     finally:
         bar.close()

@@ -55,7 +55,10 @@ _SAMPLE_FIELDS = [
     ("temperature", pa.float64()),
     ("top_p", pa.float64()),
     ("max_tokens", pa.int32()),
-    ("seed", pa.int64()),  # per-request seed
+    # The request's seed (mathsft.generate.derive_request_seed of the base seed), stored beside temperature, top_p
+    # and max_tokens under the API's own names. It is not renamed request_seed: a renamed column would change the
+    # bytes of every stored shard and rerun every finished stage after it.
+    ("seed", pa.int64()),
     ("latency_s", pa.float64()),
 ]
 

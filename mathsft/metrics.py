@@ -152,27 +152,29 @@ def benchmark_metrics(rows: Iterable[dict], pass_k: list[int]) -> dict:
     return metrics
 
 
-def _sampling(label: str, rows: list[dict], seed: int | None) -> dict:
+def _sampling(label: str, rows: list[dict], base_seed: int | None) -> dict:
     """The sampling settings all of a model's rows share; mixed settings are refused (not one evaluation)."""
     settings = {tuple(row[key] for key in SAMPLING_KEYS) for row in rows}
     if len(settings) != 1:
         raise ValueError(f"model {label}: samples with different sampling settings {sorted(settings, key=str)} "
                          f"({', '.join(SAMPLING_KEYS)}); evaluate it again with one setting")
     sampling = dict(zip(SAMPLING_KEYS, settings.pop()))
-    if seed is not None:
-        from mathsft.generate import request_seed
+    if base_seed is not None:
+        from mathsft.generate import derive_request_seed
 
-        stray = [row for row in rows if row["seed"] != request_seed(seed, row["problem_id"], row["sample_index"])]
+        # A row's `seed` is its request's seed (mathsft.io).
+        stray = [row for row in rows
+                 if row["seed"] != derive_request_seed(base_seed, row["problem_id"], row["sample_index"])]
         if stray:
             raise ValueError(f"model {label}: {len(stray)} sample(s) (e.g. problem {stray[0]['problem_id']} sample "
-                             f"{stray[0]['sample_index']}) were not sampled with base seed {seed}")
-    return sampling | {"seed": seed}
+                             f"{stray[0]['sample_index']}) were not sampled with base seed {base_seed}")
+    return sampling | {"seed": base_seed}
 
 
 def eval_document(rows_by_model: dict[str, list[dict]], model_ids: dict[str, str], pass_k: list[int],
-                  config_hash: str | None, versions: dict[str, str], seed: int | None = None) -> dict:
-    """The results/eval.json document (schema: schemas/eval.schema.json). `seed` is the base sampling seed
-    the per-request seeds derive from; when given, every row's seed is checked against it, and it seeds the
+                  config_hash: str | None, versions: dict[str, str], base_seed: int | None = None) -> dict:
+    """The results/eval.json document (schema: schemas/eval.schema.json). `base_seed` is the sampling seed the
+    per-request seeds derive from; when given, every row's request seed is checked against it, and it seeds the
     comparisons' bootstrap and permutations (else DEFAULT_COMPARISON_SEED does)."""
     models = {}
     for label, rows in rows_by_model.items():
@@ -181,12 +183,12 @@ def eval_document(rows_by_model: dict[str, list[dict]], model_ids: dict[str, str
             by_bench[row["benchmark"]].append(row)
         models[label] = {
             "model": model_ids.get(label, rows[0]["model"]),
-            "sampling": _sampling(label, rows, seed),
+            "sampling": _sampling(label, rows, base_seed),
             "benchmarks": {bench: benchmark_metrics(by_bench[bench], pass_k) for bench in sorted(by_bench)},
         }
         if rows[0].get("served_model_name"):
             models[label]["served_model_name"] = rows[0]["served_model_name"]
-    comparison_seed = DEFAULT_COMPARISON_SEED if seed is None else seed
+    comparison_seed = DEFAULT_COMPARISON_SEED if base_seed is None else base_seed
     return {"schema_version": EVAL_JSON_VERSION, "config_hash": config_hash, "pass_k": sorted(set(pass_k)),
             "models": models, "comparison_methods": comparison_methods(comparison_seed),
             "comparisons": document_comparisons(rows_by_model, comparison_seed), "versions": versions}

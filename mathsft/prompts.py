@@ -9,8 +9,8 @@ TEMPLATES = {
 }
 
 
-def build_messages(problem: str, template: str) -> list[dict[str, str]]:
-    """Chat messages for one problem under the named template."""
-    if template not in TEMPLATES:
-        raise KeyError(f"unknown prompt template {template!r}; known: {', '.join(sorted(TEMPLATES))}")
-    return [{"role": "user", "content": TEMPLATES[template].format(problem=problem)}]
+def build_messages(problem: str, prompt_template: str) -> list[dict[str, str]]:
+    """Chat messages for one problem under the named prompt template."""
+    if prompt_template not in TEMPLATES:
+        raise KeyError(f"unknown prompt template {prompt_template!r}; known: {', '.join(sorted(TEMPLATES))}")
+    return [{"role": "user", "content": TEMPLATES[prompt_template].format(problem=problem)}]

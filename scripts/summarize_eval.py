@@ -32,7 +32,7 @@ def main() -> None:
     model_ids = dict(item.split("=", 1) for item in args.model_id)
     try:
         document = eval_document(rows_by_model, model_ids, args.pass_k, args.config_hash, package_versions(),
-                                 seed=args.seed)
+                                 base_seed=args.seed)
         check_document(document)
     except ValueError as exc:
         raise SystemExit(str(exc)) from exc

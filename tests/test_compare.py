@@ -16,7 +16,7 @@ import pytest
 from mathsft.compare import (BASELINES, EXACT_MAX_NONZERO_PROBLEMS, PERMUTATION_RESAMPLES, bootstrap_ci95,
                              compare_models, comparison_pairs, delta_stderr, document_comparisons, paired_comparison,
                              problem_pass1, sign_flip_p_value)
-from mathsft.generate import request_seed
+from mathsft.generate import derive_request_seed
 from mathsft.io import EVAL_SCHEMA, write_parquet
 
 RUN_SFT_MODEL = str(Path(__file__).resolve().parents[1] / "scripts" / "run_sft_model.py")
@@ -177,7 +177,7 @@ def _eval_file(path: Path, label: str, rewards_by_problem: dict[str, list[float]
                 "answer": "$7$", "sample_index": i, "messages": "[]", "response": "r", "finish_reason": "stop",
                 "prompt_tokens": 5, "completion_tokens": 10, "model": label, "served_model_name": None,
                 "prompt_template": "boxed_cot_v1", "api": "chat", "temperature": 0.6, "top_p": 0.95, "max_tokens": 10,
-                "seed": request_seed(0, pid, i), "latency_s": 0.1, "extracted_answer": "7" if reward else "8",
+                "seed": derive_request_seed(0, pid, i), "latency_s": 0.1, "extracted_answer": "7" if reward else "8",
                 "reward": float(reward), "verifier_status": status})
     write_parquet(rows, path, EVAL_SCHEMA)
     return str(path)

@@ -2,14 +2,14 @@ import httpx
 import openai
 import pytest
 
-from mathsft.generate import _is_transient, request_seed
+from mathsft.generate import _is_transient, derive_request_seed
 
 
 def test_request_seeds_are_stable_and_distinct_per_problem_and_sample():
-    assert request_seed(0, "abc", 1) == request_seed(0, "abc", 1)
-    seeds = {request_seed(0, pid, k) for pid in ("a", "b") for k in range(4)}
+    assert derive_request_seed(0, "abc", 1) == derive_request_seed(0, "abc", 1)
+    seeds = {derive_request_seed(0, pid, k) for pid in ("a", "b") for k in range(4)}
     assert len(seeds) == 8
-    assert request_seed(1, "a", 0) != request_seed(0, "a", 0)
+    assert derive_request_seed(1, "a", 0) != derive_request_seed(0, "a", 0)
     assert all(0 <= s < 2**31 for s in seeds)  # vLLM takes a 32-bit signed seed
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from mathsft.metrics import (EVAL_JSON_SCHEMA, LEVELS_HEADING, benchmark_metrics, check_document, eval_document,
                               majority_at_k, mean_and_stderr, pass_at_k, print_summary, schema_errors, summary_table)
-from mathsft.generate import request_seed
+from mathsft.generate import derive_request_seed
 from mathsft.io import EVAL_SCHEMA, write_parquet
 
 SUMMARIZE = str(Path(__file__).resolve().parents[1] / "scripts" / "summarize_eval.py")
@@ -76,7 +76,7 @@ def _rows(rewards_by_problem, finish="stop", answers=None, statuses=None):
                 "verifier_status": status, "extracted_answer": answer, "benchmark": "b", "model": "m",
                 "served_model_name": None,
                 "temperature": 0.6, "top_p": 0.95, "max_tokens": 10, "prompt_template": "boxed_cot_v1", "api": "chat",
-                "seed": request_seed(0, pid, i),
+                "seed": derive_request_seed(0, pid, i),
             })
     return rows
 
@@ -129,9 +129,10 @@ def test_eval_document_and_table_cover_every_model_and_benchmark():
 
 def test_samples_of_another_seed_or_mixed_sampling_settings_are_refused():
     rows = _rows({"a": [1, 0]})
-    assert eval_document({"m": rows}, {}, [1], None, {"python": "3"}, seed=0)["models"]["m"]["sampling"]["seed"] == 0
+    document = eval_document({"m": rows}, {}, [1], None, {"python": "3"}, base_seed=0)
+    assert document["models"]["m"]["sampling"]["seed"] == 0
     with pytest.raises(ValueError, match="base seed 1"):
-        eval_document({"m": rows}, {}, [1], None, {"python": "3"}, seed=1)
+        eval_document({"m": rows}, {}, [1], None, {"python": "3"}, base_seed=1)
     rows[1]["temperature"] = 1.0
     with pytest.raises(ValueError, match="different sampling settings"):
         eval_document({"m": rows}, {}, [1], None, {"python": "3"})
@@ -140,7 +141,7 @@ def test_samples_of_another_seed_or_mixed_sampling_settings_are_refused():
 def _document():
     rows = _rows({"a": [1, 0, 0, 1], "b": [0, 0, 0, 1]})
     return eval_document({"student": rows, "sft": rows}, {"sft": "results/models/sft"}, [1, 2, 4], "0123456789abcdef",
-                         {"python": "3.11.2", "torch": "2.13.0"}, seed=0)
+                         {"python": "3.11.2", "torch": "2.13.0"}, base_seed=0)
 
 
 def test_a_produced_eval_json_follows_its_schema():
@@ -218,7 +219,7 @@ def _teacher_student_sft_document():
     """student solves a of (a, b, c, d), the SFT model a and b and the teacher a, b and c, one sample each."""
     rewards = {"student": [1, 0, 0, 0], "sft": [1, 1, 0, 0], "teacher": [1, 1, 1, 0]}
     rows = {label: _rows(dict(zip("abcd", ([r] for r in values)))) for label, values in rewards.items()}
-    return eval_document(rows, {}, [1], None, {"python": "3"}, seed=0)
+    return eval_document(rows, {}, [1], None, {"python": "3"}, base_seed=0)
 
 
 def test_eval_json_compares_each_model_with_student_and_teacher_and_the_teacher_with_the_student():
@@ -250,7 +251,7 @@ def _described(rows, described):
 def test_eval_json_gives_pass_at_1_per_level_and_subject_where_the_problems_carry_them(capsys):
     rows = _described(_rows({"a": [1, 1, 0, 0], "b": [0, 0, 0, 0], "c": [1, 1, 1, 1], "d": [1, 0, 0, 0]}),
                       {"a": ("1", "Algebra"), "b": ("1", "Geometry"), "c": ("2", "Algebra"), "d": ("10", "Geometry")})
-    document = json.loads(json.dumps(eval_document({"student": rows}, {}, [1], None, {"python": "3"}, seed=0)))
+    document = json.loads(json.dumps(eval_document({"student": rows}, {}, [1], None, {"python": "3"}, base_seed=0)))
     metrics = document["models"]["student"]["benchmarks"]["b"]
     # Level 1: problems a (2 of 4 correct) and b (0 of 4): pass@1 (0.5 + 0) / 2, stderr sd(0.5, 0) / sqrt(2).
     assert list(metrics["by_level"]) == ["1", "2", "10"]  # natural order, not "1", "10", "2"
@@ -306,7 +307,7 @@ def test_an_evaluation_resumed_from_samples_stored_before_metadata_existed_gives
                               "finish_reason": "stop", "prompt_tokens": 5, "completion_tokens": 3, "model": "org/model",
                               "served_model_name": None, "prompt_template": "boxed_cot_v1", "api": "chat",
                               "temperature": 0.6, "top_p": 0.95, "max_tokens": 16,
-                              "seed": request_seed(0, row["problem_id"], 0), "latency_s": 0.1})
+                              "seed": derive_request_seed(0, row["problem_id"], 0), "latency_s": 0.1})
     journal.close()
     result = subprocess.run([sys.executable, RUN_SFT_MODEL, "--no-score",
                              "--model", "org/model", "--label", "student", "--benchmarks", str(bench), "--output",

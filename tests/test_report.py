@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from mathsft.metrics import schema_errors
-from mathsft.generate import request_seed
+from mathsft.generate import derive_request_seed
 from mathsft.io import EVAL_SCHEMA, write_parquet
 from mathsft.report import funnel_steps, read_train_metrics
 from helpers.workflow import REPO, edited_config, planned_outputs
@@ -38,7 +38,7 @@ def _eval_rows(model: str, bench: str, problems: int = 3, samples: int = 4) -> l
                 "prompt_tokens": 40, "completion_tokens": 20 + 13 * ((p * 5 + i * 3 + len(model)) % 11), "model": model,
                 "served_model_name": None,
                 "prompt_template": "boxed_cot_v1", "api": "chat", "temperature": 0.6, "top_p": 0.95, "max_tokens": 160,
-                "seed": request_seed(0, pid, i), "latency_s": 1.0,
+                "seed": derive_request_seed(0, pid, i), "latency_s": 1.0,
                 "extracted_answer": None if status == "no_answer" else str(p + i if correct else p + i + 1),
                 "reward": 1.0 if correct else 0.0, "verifier_status": status,
             })
