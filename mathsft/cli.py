@@ -1,4 +1,5 @@
-"""Command-line options shared by the scripts that sample from a model (teacher and evaluation)."""
+"""Command-line options shared by the scripts that sample from a model (teacher and evaluation), and the
+mathsft.sampler settings they give."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ import argparse
 import logging
 import os
 
-from mathsft.generate import ClientSettings, Sampling, journal_fingerprint, sample
-from mathsft.journal import Journal, store_path
-from mathsft.serve import check_no_secrets, external_endpoint, serving
+from mathsft.generate import ClientSettings, Sampling
+from mathsft.sampler import Sampler, ServerSettings
+from mathsft.serve import check_no_secrets
 from mathsft.settings import add_dataclass_arguments, from_args
 
 
@@ -54,29 +55,16 @@ def add_server_args(parser: argparse.ArgumentParser, model_required: bool = True
     add_dataclass_arguments(group, ClientSettings, exclude=("backoff_base_s", "backoff_max_s"))
 
 
-def renderer_from_args(args):
-    """None for the chat API; for text completions, messages -> prompt via the tokenizer's chat template."""
-    if args.api == "chat":
-        return None
-    from transformers import AutoTokenizer
-
-    tokenizer = (AutoTokenizer.from_pretrained(args.tokenizer) if args.tokenizer
-                 else AutoTokenizer.from_pretrained(args.model, revision=args.revision))
-    if not tokenizer.chat_template:
-        raise SystemExit(f"--api completions: tokenizer {args.tokenizer or args.model} has no chat template")
-    return lambda messages: tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+def sampler_from_args(args) -> Sampler:
+    """The Sampler the sampling and server options describe."""
+    return Sampler(server=server_from_args(args), sampling=from_args(Sampling, args),
+                   prompt_template=args.prompt_template, api=args.api, tokenizer=args.tokenizer,
+                   client=from_args(ClientSettings, args))
 
 
-def api_key_from_args(args) -> str | None:
-    if not args.api_key_env:
-        return None
-    if args.api_key_env not in os.environ:
-        raise SystemExit(f"--api_key_env names {args.api_key_env!r}, which is not set in the environment")
-    return os.environ[args.api_key_env]
-
-
-def serving_from_args(args, default_log: str):
-    """The serving context (mathsft.serve.serving) the options describe; it yields an Endpoint."""
+def server_from_args(args) -> ServerSettings:
+    """The ServerSettings the server options describe; options that contradict each other, a --server_env that is
+    not KEY=VALUE, a key among the server's arguments and an unset --api_key_env are refused here."""
     env = {}
     for item in args.server_env:
         key, sep, value = item.partition("=")
@@ -85,46 +73,22 @@ def serving_from_args(args, default_log: str):
         env[key] = value
     if args.api_key_env and not args.endpoint:
         raise SystemExit("--api_key_env is for a server you run (--endpoint); a managed server makes its own key")
+    if args.revision and args.endpoint:
+        raise SystemExit("--revision is for a managed server; the server at --endpoint decides what it loaded")
     try:
         check_no_secrets(args.server_arg, env, "--server_arg/--server_env")
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
-    return serving(args.model, args.endpoint, args.server_log or default_log, managed_server_args(args), env,
-                   args.health_timeout_s, api_key=api_key_from_args(args), served_model_name=args.served_model_name)
+    return ServerSettings(model=args.model, endpoint=args.endpoint, api_key=api_key_from_args(args),
+                          revision=args.revision, served_model_name=args.served_model_name,
+                          args=tuple(args.server_arg), env=env, log=args.server_log,
+                          health_timeout_s=args.health_timeout_s)
 
 
-def managed_server_args(args) -> list[str]:
-    """The vLLM arguments of a managed server: --server_arg, and --revision for the weights and the tokenizer."""
-    if args.revision and args.endpoint:
-        raise SystemExit("--revision is for a managed server; the server at --endpoint decides what it loaded")
-    revision = ["--revision", args.revision, "--tokenizer-revision", args.revision] if args.revision else []
-    return list(args.server_arg) + revision
-
-
-def model_id_from_args(args) -> str:
-    """The weights a job samples: what the user's server reports it loaded for --model (asked at once, so a wrong
-    URL, key or name fails here), else the --model a managed server loads."""
-    if args.endpoint:
-        return external_endpoint(args.endpoint, args.model, api_key_from_args(args)).model_id
-    return args.model
-
-
-def sample_from_args(args, rows: list[dict], output: str, schema, render) -> tuple[list[dict], dict]:
-    """Sample --samples_per_problem answers per row, reusing the sample store beside `output` (mathsft.journal):
-    the server, the user's or a managed one, is reached only when some sample is missing from it."""
-    sampling = from_args(Sampling, args)
-    fingerprint = journal_fingerprint(rows, model_id_from_args(args), args.prompt_template, sampling, args.api,
-                                      [] if args.endpoint else managed_server_args(args))
-    store = Journal(store_path(output, fingerprint), fingerprint, schema=schema)
-    stored = store.load()
-    missing = [(i, k) for i in range(len(rows)) for k in range(sampling.samples_per_problem) if (i, k) not in stored]
-    settings = from_args(ClientSettings, args)
-    if not missing:
-        logging.getLogger(__name__).info("all %d samples are in the sample store %s: no server needed",
-                                         len(rows) * sampling.samples_per_problem, store.path)
-        return sample(rows, "", args.model, args.prompt_template, sampling, settings, journal=store, render=render,
-                      stored=stored)
-    with serving_from_args(args, default_log=output + ".server.log") as endpoint:
-        return sample(rows, endpoint.base_url, endpoint.served_model_name, args.prompt_template, sampling, settings,
-                      api_key=endpoint.api_key, check_alive=endpoint.check_alive, journal=store, render=render,
-                      model_id=endpoint.model_id, stored=stored)
+def api_key_from_args(args) -> str | None:
+    """The key of the user's server, from the environment variable --api_key_env names."""
+    if not args.api_key_env:
+        return None
+    if args.api_key_env not in os.environ:
+        raise SystemExit(f"--api_key_env names {args.api_key_env!r}, which is not set in the environment")
+    return os.environ[args.api_key_env]

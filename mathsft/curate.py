@@ -1,8 +1,10 @@
-"""Curation: one DuckDB query (sql/curate.sql) from scored trajectories to the SFT train/val sets and their funnel."""
+"""Curation: one DuckDB query (sql/curate.sql) from scored trajectories to the SFT train/val sets and their funnel,
+and the same query's verdict on a list of scored rows."""
 
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -59,32 +61,10 @@ def curate(files: list[str], train_path: str, val_path: str, stats_path: str, se
     """Run sql/curate.sql over `files` with `settings`; write the kept traces to train/val parquet and the funnel,
     split sizes, params and SQL to stats.json. Returns the stats. `threads` (default: DuckDB's, all cores) never
     changes the outputs."""
-    import duckdb
-
-    if not 0.0 <= settings.val_fraction < 1.0:
-        raise ValueError(f"curate.val_fraction must be in [0, 1), got {settings.val_fraction}")
-    if settings.max_traces_per_problem < 1:
-        raise ValueError(f"curate.max_traces_per_problem must be at least 1, got {settings.max_traces_per_problem}")
-    if settings.max_length < 1:
-        raise ValueError(f"max_length must be a positive token count (train.max_length), got {settings.max_length}")
-    if settings.selection not in SELECTIONS:
-        raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {settings.selection!r}")
-    check_inputs(files)
-
     sql = SQL_PATH.read_text()
     params = asdict(settings)
-    query_params = params | {"files": list(files)}
-    con = duckdb.connect()
-    if threads:
-        con.execute(f"SET threads = {int(threads)}")
-
-    # Pass 1: the annotation of every trace, small columns only. DuckDB prunes the unused columns from the
-    # scan, so the texts (problem, messages, response: nearly all the bytes) are not read here.
-    con.execute(
-        f"""CREATE TEMP TABLE curation AS
-            SELECT file_index, file_row_number, problem_id, sample_index, source, stage, split FROM ({sql})""",
-        query_params,
-    )
+    # Pass 1: the annotation of every trace, small columns only.
+    con = _annotated(files, settings, sql, threads)
     _check_unique(con, files)
     splits = {split: {"traces": 0, "problems": 0} for split in ("train", "val")}
     for split, traces, problems in con.sql(
@@ -112,6 +92,46 @@ def curate(files: list[str], train_path: str, val_path: str, stats_path: str, se
     del kept
     write_json(stats, stats_path)
     return stats
+
+
+def kept_rows(rows: list[dict], settings: CurateSettings) -> list[dict]:
+    """The rows (scored traces with SCORED_SCHEMA's fields) that sql/curate.sql keeps under `settings`, in their own
+    order: one definition of a kept trace for the curate stage and the teacher's standalone filter."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "scored.parquet")
+        write_parquet(rows, path, SCORED_SCHEMA)
+        con = _annotated([path], settings, SQL_PATH.read_text())
+        kept = con.sql("SELECT file_row_number FROM curation WHERE stage = 'kept' ORDER BY file_row_number").fetchall()
+        con.close()
+    return [rows[index] for index, in kept]
+
+
+def _annotated(files: list[str], settings: CurateSettings, sql: str, threads: int | None = None):
+    """A DuckDB connection holding the table `curation`: `sql`'s annotation of every trace in `files` (its stage
+    and split, and where it lies), once the settings and the files are checked."""
+    import duckdb
+
+    if not 0.0 <= settings.val_fraction < 1.0:
+        raise ValueError(f"curate.val_fraction must be in [0, 1), got {settings.val_fraction}")
+    if settings.max_traces_per_problem < 1:
+        raise ValueError(f"curate.max_traces_per_problem must be at least 1, got {settings.max_traces_per_problem}")
+    if settings.max_length < 1:
+        raise ValueError(f"max_length must be a positive token count (train.max_length), got {settings.max_length}")
+    if settings.selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {settings.selection!r}")
+    check_inputs(files)
+
+    con = duckdb.connect()
+    if threads:
+        con.execute(f"SET threads = {int(threads)}")
+    # Small columns only: DuckDB prunes the unused columns from the scan, so the texts (problem, messages,
+    # response: nearly all the bytes) are not read here.
+    con.execute(
+        f"""CREATE TEMP TABLE curation AS
+            SELECT file_index, file_row_number, problem_id, sample_index, source, stage, split FROM ({sql})""",
+        asdict(settings) | {"files": list(files)},
+    )
+    return con
 
 
 def _even_chunks(table, rows: int = 2048):

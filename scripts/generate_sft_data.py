@@ -13,13 +13,11 @@ SFT example, without --shard: draw --num_samples problems from the offline gener
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 
-from mathsft import cli, data
-from mathsft.io import PROBLEM_SCHEMA, SCORED_SCHEMA, TRAJECTORY_SCHEMA, read_parquet, write_parquet
-from mathsft.reward import RewardSettings, score_rows
+from mathsft import cli
+from mathsft.reward import RewardSettings
 from mathsft.serve import exit_on_sigterm
+from mathsft.teacher import sample_shard
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,23 +42,9 @@ def main() -> None:
     args = build_parser().parse_args()
     cli.setup_logging()
     exit_on_sigterm()
-
-    if args.shard:
-        rows = read_parquet(args.shard, PROBLEM_SCHEMA).to_pylist()
-    else:
-        stream = data.reasoning_gym_problems(args.tasks, args.data_seed)
-        rows = data.take_problems(stream, args.num_samples, data.Counts(), set())
-    # Finished samples go to the sample store as they arrive: a killed job, rerun, requests only the rest, and a
-    # rerun with more samples per problem only the new indices.
-    records, summary = cli.sample_from_args(args, rows, args.output, TRAJECTORY_SCHEMA, cli.renderer_from_args(args))
-    if args.reward_threshold is None:
-        write_parquet(records, args.output, TRAJECTORY_SCHEMA)
-    else:
-        score_rows(records, workers=RewardSettings.workers, timeout_s=args.reward_timeout_s)
-        kept = [r for r in records if r["reward"] >= args.reward_threshold and r["finish_reason"] == "stop"]
-        summary["kept"] = len(kept)
-        write_parquet(kept, args.output, SCORED_SCHEMA)
-    logging.info("summary %s", json.dumps({"shard": args.shard, "problems": len(rows), **summary}))
+    sample_shard(cli.sampler_from_args(args), args.output, shard=args.shard, num_samples=args.num_samples,
+                 tasks=args.tasks, data_seed=args.data_seed, reward_threshold=args.reward_threshold,
+                 reward=RewardSettings(timeout_s=args.reward_timeout_s))
 
 
 if __name__ == "__main__":

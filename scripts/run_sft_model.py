@@ -9,16 +9,10 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
-import logging
-from pathlib import Path
 
-from mathsft import cli, data
-from mathsft.compare import comparison_methods, compare_models
-from mathsft.metrics import check_document, eval_document, package_versions, print_comparisons, print_summary
-from mathsft.io import (BENCHMARK_SCHEMA, EVAL_GENERATION_SCHEMA, EVAL_SAMPLE_SCHEMA, EVAL_SCHEMA, read_parquet,
-                        write_json, write_parquet)
-from mathsft.reward import RewardSettings, score_rows
+from mathsft import cli
+from mathsft.reward import RewardSettings
+from mathsft.sample_eval import compare_files, evaluate_model
 from mathsft.serve import exit_on_sigterm
 
 
@@ -59,52 +53,9 @@ def main() -> None:
     exit_on_sigterm()
     if not args.benchmarks:
         parser.error("no benchmark files given and none found under results/data/bench/")
-    label = args.label or args.model
-
-    problems, metadata = data.benchmark_problems(
-        [(Path(path).stem, read_parquet(path, BENCHMARK_SCHEMA).to_pylist()) for path in args.benchmarks])
-    # Through the sample store, as a teacher shard: a killed evaluation resumes, more samples add only new indices.
-    records, summary = cli.sample_from_args(args, problems, args.output, EVAL_SAMPLE_SCHEMA,
-                                            cli.renderer_from_args(args))
-    rows = [r | metadata[r["benchmark"], r["problem_id"]] | {"evaluated_model": label} for r in records]
-    logging.info("summary %s", json.dumps({"model": label, **summary}))
-    if not args.score:
-        write_parquet(rows, args.output, EVAL_GENERATION_SCHEMA)
-        return
-    score_rows(rows, args.workers, args.reward_timeout_s)
-    write_parquet(rows, args.output, EVAL_SCHEMA)
-    document = eval_document({label: rows}, {}, args.pass_k, None, package_versions(),
-                             seed=args.seed)
-    check_document(document)
-    if args.eval_json:
-        write_json(document, args.eval_json)
-    print_summary(document)
-
-
-def compare_files(model_path: str, baseline_path: str, seed: int, output: str | None) -> None:
-    """Print (and write to `output`) the paired comparisons of the model in `model_path` with the one in
-    `baseline_path`, each a scored eval parquet file of one model."""
-    (model, model_rows), (baseline, baseline_rows) = (_labelled_rows(model_path), _labelled_rows(baseline_path))
-    if model == baseline:
-        model, baseline = model_path, baseline_path
-    try:
-        comparisons = compare_models(model, model_rows, baseline, baseline_rows, seed)
-    except ValueError as exc:
-        raise SystemExit(str(exc)) from exc
-    if not comparisons:
-        raise SystemExit(f"{model_path} and {baseline_path} share no benchmark; nothing to compare")
-    if output:
-        write_json({"comparison_methods": comparison_methods(seed), "comparisons": comparisons}, output)
-    print_comparisons(comparisons)
-
-
-def _labelled_rows(path: str) -> tuple[str, list[dict]]:
-    """The evaluated model's label and the rows of a scored eval parquet file holding one model."""
-    rows = read_parquet(path, EVAL_SCHEMA).to_pylist()
-    labels = sorted({row["evaluated_model"] for row in rows})
-    if len(labels) != 1:
-        raise SystemExit(f"{path}: expected the rows of one evaluated model, found {len(labels)} ({', '.join(labels)})")
-    return labels[0], rows
+    evaluate_model(cli.sampler_from_args(args), args.benchmarks, args.output, args.label or args.model,
+                   score=args.score, pass_k=args.pass_k, eval_json=args.eval_json,
+                   reward=RewardSettings(timeout_s=args.reward_timeout_s, workers=args.workers))
 
 
 if __name__ == "__main__":

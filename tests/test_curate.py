@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mathsft.curate import CurateSettings, _even_chunks, curate
+from mathsft.curate import CurateSettings, _even_chunks, curate, kept_rows
 from mathsft.io import SCORED_SCHEMA, write_parquet
 
 MAX_LENGTH = 100
@@ -194,6 +194,17 @@ def test_stats_hold_the_sql_params_and_inputs(tmp_path, scored_shards):
     assert stats["params"] == {"reward_threshold": 1.0, "max_length": MAX_LENGTH, "max_traces_per_problem": 4,
                                "selection": "random", "seed": 7, "val_fraction": 0.25}
     assert stats["inputs"] == sorted(scored_shards)
+
+
+def test_kept_rows_are_the_traces_curation_keeps_in_the_rows_own_order(tmp_path, scored_shards):
+    rows = [row for path in scored_shards for row in pq.read_table(path).to_pylist()]
+    random.Random(0).shuffle(rows)
+    settings = {"reward_threshold": 1.0, "max_length": MAX_LENGTH, "max_traces_per_problem": 1, "val_fraction": 0.0}
+    kept = kept_rows(rows, CurateSettings(**settings))
+    _, train, val = _curate(tmp_path, scored_shards, **settings)
+    curated = {(row["problem_id"], row["sample_index"]) for row in train}
+    assert not val and len(kept) == len(train) == 40
+    assert kept == [row for row in rows if (row["problem_id"], row["sample_index"]) in curated]
 
 
 def test_a_missing_file_is_named_and_nothing_is_written(tmp_path, scored_shards):

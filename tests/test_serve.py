@@ -177,11 +177,15 @@ def test_keys_in_server_arguments_or_variables_are_refused_and_redacted_from_log
 def test_a_revision_pins_the_managed_servers_weights_and_tokenizer_and_is_refused_with_an_endpoint():
     import argparse
 
-    from mathsft.cli import managed_server_args
+    from mathsft.cli import add_server_args, server_from_args
 
-    args = argparse.Namespace(server_arg=["--dtype", "float32"], revision="0123abc", endpoint=None)
-    assert managed_server_args(args) == ["--dtype", "float32", "--revision", "0123abc", "--tokenizer-revision", "0123abc"]
-    assert managed_server_args(argparse.Namespace(server_arg=["--dtype", "float32"], revision=None,
-                                                  endpoint=None)) == ["--dtype", "float32"]
+    parser = argparse.ArgumentParser()
+    add_server_args(parser)
+    pinned = server_from_args(parser.parse_args(["--model", "org/m", "--server_arg=--dtype", "--server_arg=float32",
+                                                 "--revision", "0123abc"]))
+    assert pinned.managed_args() == ["--dtype", "float32", "--revision", "0123abc", "--tokenizer-revision", "0123abc"]
+    unpinned = server_from_args(parser.parse_args(["--model", "org/m", "--server_arg=--dtype", "--server_arg=float32"]))
+    assert unpinned.managed_args() == ["--dtype", "float32"]
     with pytest.raises(SystemExit, match="--revision is for a managed server"):
-        managed_server_args(argparse.Namespace(server_arg=[], revision="0123abc", endpoint="http://127.0.0.1:9/v1"))
+        server_from_args(parser.parse_args(["--model", "m", "--revision", "0123abc",
+                                            "--endpoint", "http://127.0.0.1:9/v1"]))

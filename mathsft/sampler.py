@@ -1,0 +1,95 @@
+"""A model's answers to problem rows, as a job samples them: from the sample store (mathsft.journal) where it holds
+them, else from a server, the user's or a managed vLLM server started only when some sample is missing. The
+teacher stage (mathsft.teacher) and evaluation (mathsft.sample_eval) both sample through it."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+from mathsft.generate import ClientSettings, Sampling, journal_fingerprint, sample
+from mathsft.journal import Journal, store_path
+from mathsft.serve import external_endpoint, serving
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerSettings:
+    """The server a job's requests go to: the user's at `endpoint`, else a managed vLLM server the job starts."""
+
+    model: str  # at an endpoint, the name that server knows; else the path or hub id the managed server loads
+    endpoint: str | None = None  # base URL of the user's OpenAI-compatible server
+    api_key: str | None = None  # the key of the user's server (a managed server makes its own)
+    # The rest is for a managed server only.
+    revision: str | None = None  # the hub commit of `model` it loads, tokenizer included (default: the main branch)
+    served_model_name: str | None = None  # the name it serves the model under (default: `model`)
+    args: tuple[str, ...] = ()  # more vLLM arguments
+    env: Mapping[str, str] = field(default_factory=dict)
+    log: str | None = None  # where its output goes (default: beside the job's output)
+    health_timeout_s: float  # how long it may take to answer before the job fails
+
+    def managed_args(self) -> list[str]:
+        """The vLLM arguments of the managed server: `args`, and `revision` for the weights and the tokenizer."""
+        revision = ["--revision", self.revision, "--tokenizer-revision", self.revision] if self.revision else []
+        return list(self.args) + revision
+
+
+@dataclass(frozen=True, kw_only=True)
+class Sampler:
+    """What a job samples and where from: the server, the sampling settings, the prompt template and the API (all
+    of which decide the samples), and the client settings (which decide only speed and robustness)."""
+
+    server: ServerSettings
+    sampling: Sampling
+    prompt_template: str
+    api: str  # chat: the server applies the chat template; completions: `tokenizer`'s is applied here
+    tokenizer: str | None = None  # the completions API's tokenizer (default: the server's model)
+    client: ClientSettings
+
+
+def model_id_of(server: ServerSettings) -> str:
+    """The weights a job samples: what the user's server reports it loaded for the model's name (asked at once, so
+    a wrong URL, key or name fails here), else the model a managed server loads."""
+    if server.endpoint:
+        return external_endpoint(server.endpoint, server.model, server.api_key).model_id
+    return server.model
+
+
+def renderer(sampler: Sampler) -> Callable[[list[dict]], str] | None:
+    """None for the chat API; for text completions, messages -> prompt via the tokenizer's chat template."""
+    if sampler.api == "chat":
+        return None
+    from transformers import AutoTokenizer
+
+    tokenizer = (AutoTokenizer.from_pretrained(sampler.tokenizer) if sampler.tokenizer
+                 else AutoTokenizer.from_pretrained(sampler.server.model, revision=sampler.server.revision))
+    if not tokenizer.chat_template:
+        raise SystemExit(f"--api completions: tokenizer {sampler.tokenizer or sampler.server.model} has no chat "
+                         "template")
+    return lambda messages: tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def sample_rows(sampler: Sampler, rows: list[dict], output: str, schema) -> tuple[list[dict], dict]:
+    """Sample `samples_per_problem` answers per row, reusing the sample store beside `output` (records of `schema`):
+    the server, the user's or a managed one, is reached only when some sample is missing from it. Returns the
+    records in (row, sample index) order and the summary of mathsft.generate.sample."""
+    render = renderer(sampler)
+    server, sampling = sampler.server, sampler.sampling
+    fingerprint = journal_fingerprint(rows, model_id_of(server), sampler.prompt_template, sampling, sampler.api,
+                                      [] if server.endpoint else server.managed_args())
+    store = Journal(store_path(output, fingerprint), fingerprint, schema=schema)
+    stored = store.load()
+    missing = [(i, k) for i in range(len(rows)) for k in range(sampling.samples_per_problem) if (i, k) not in stored]
+    if not missing:
+        log.info("all %d samples are in the sample store %s: no server needed",
+                 len(rows) * sampling.samples_per_problem, store.path)
+        return sample(rows, "", server.model, sampler.prompt_template, sampling, sampler.client, journal=store,
+                      render=render, stored=stored)
+    with serving(server.model, server.endpoint, server.log or output + ".server.log", server.managed_args(),
+                 dict(server.env), server.health_timeout_s, api_key=server.api_key,
+                 served_model_name=server.served_model_name) as endpoint:
+        return sample(rows, endpoint.base_url, endpoint.served_model_name, sampler.prompt_template, sampling,
+                      sampler.client, api_key=endpoint.api_key, check_alive=endpoint.check_alive, journal=store,
+                      render=render, model_id=endpoint.model_id, stored=stored)
