@@ -14,8 +14,8 @@ from pathlib import Path
 
 from mathsft.cost import cost_rows, unit_cost_lines
 from mathsft.curate import FUNNEL_STEPS
-from mathsft.metrics import comparison_rows, metric_columns, metrics_rows
 from mathsft.io import atomic_path
+from mathsft.metrics import comparison_rows, metric_columns, metrics_rows
 
 # Steps of the curation funnel in stats.json, each a subset of the one before; "fits" (within
 # train.max_length) is optional. Other keys there (problem counts, per-source funnels) are not steps.

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import argparse
 
-from mathsft.metrics import check_document, eval_document, package_versions, print_summary
 from mathsft.io import EVAL_SCHEMA, read_parquet, write_json
+from mathsft.metrics import check_document, eval_document, package_versions, print_summary
 
 
 def main() -> None:

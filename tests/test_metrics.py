@@ -8,10 +8,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from mathsft.metrics import (EVAL_JSON_SCHEMA, LEVELS_HEADING, benchmark_metrics, check_document, eval_document,
-                              majority_at_k, mean_and_stderr, pass_at_k, print_summary, schema_errors, summary_table)
 from mathsft.generate import derive_request_seed
 from mathsft.io import EVAL_SCHEMA, write_parquet
+from mathsft.metrics import (EVAL_JSON_SCHEMA, LEVELS_HEADING, benchmark_metrics, check_document, eval_document,
+                              majority_at_k, mean_and_stderr, pass_at_k, print_summary, schema_errors, summary_table)
 
 SUMMARIZE = str(Path(__file__).resolve().parents[1] / "scripts" / "summarize_eval.py")
 RUN_SFT_MODEL = str(Path(__file__).resolve().parents[1] / "scripts" / "run_sft_model.py")

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from mathsft.metrics import schema_errors
 from mathsft.generate import derive_request_seed
 from mathsft.io import EVAL_SCHEMA, write_parquet
+from mathsft.metrics import schema_errors
 from mathsft.report import funnel_steps, read_train_metrics
 from helpers.workflow import REPO, edited_config, planned_outputs
 
