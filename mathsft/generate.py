@@ -174,10 +174,10 @@ def sample(rows: list[dict], base_url: str, served_model_name: str, prompt_templ
     """Sample `samples_per_problem` responses for each problem row from `served_model_name` (the name requests
     use; records keep `model_id`, the weights behind it, default the served name, with the served name beside it
     where the two differ). Returns the successful records (each row's own fields + the sample's), ordered by
-    (row, sample index), and a summary; raises
-    GenerationFailed when more than `max_failed_fraction` of the samples failed. With a journal, samples
-    it already holds are not requested again and each new one is appended as it finishes. With `render`
-    (messages -> prompt text, e.g. a chat template), the text-completions API is used instead of chat."""
+    (row, sample index), and a summary; raises GenerationFailed when more than `max_failed_fraction` of the
+    samples failed. With a journal, samples it already holds are not requested again and each new one is
+    appended as it finishes. With `render` (messages -> prompt text, e.g. a chat template), the
+    text-completions API is used instead of chat."""
     from tqdm import tqdm
 
     # `stored`: what the caller already loaded from the journal (it decided from it whether a server is needed).
