@@ -211,6 +211,28 @@ def check_document(document: dict) -> None:
         raise ValueError(f"eval.json document breaks {EVAL_JSON_SCHEMA}:\n  " + "\n  ".join(errors))
 
 
+def write_eval_summary(inputs: list[str], output: str, model_ids: dict[str, str], pass_k: list[int],
+                       config_hash: str | None, base_seed: int | None) -> dict:
+    """results/eval.json from the scored evaluation rows of `inputs` (one model each): the document, checked
+    against its schema, written to `output` and returned."""
+    # Imported here: the run's end-of-run summary (mathsft.summary) imports this module without pyarrow.
+    from mathsft.io import EVAL_SCHEMA, read_parquet, write_json
+
+    rows_by_model = {}
+    for path in inputs:
+        rows = read_parquet(path, EVAL_SCHEMA).to_pylist()
+        if not rows:
+            raise ValueError(f"{path}: no evaluation rows")
+        label = rows[0]["evaluated_model"]
+        if label in rows_by_model:
+            raise ValueError(f"{path}: model {label} is in more than one input")
+        rows_by_model[label] = rows
+    document = eval_document(rows_by_model, model_ids, pass_k, config_hash, package_versions(), base_seed=base_seed)
+    check_document(document)
+    write_json(document, output)
+    return document
+
+
 def summary_table(document: dict) -> str:
     """pass@1 ± stderr per model x benchmark, as a plain-text table for the terminal."""
     benches = sorted({b for m in document["models"].values() for b in m["benchmarks"]})

@@ -38,9 +38,10 @@ class DatasetSpec:
         """The spec of config entry `entry`, checked against schemas/datasets.schema.json (check_datasets)."""
         check_datasets({name: entry})
         columns = entry.get("columns") or {}
-        return cls(name=name, hub=entry.get("hub"), path=entry.get("path"), split=entry.get("split") or "train",
+        return cls(name=name, hub=entry.get("hub"), path=entry.get("path"), split=entry.get("split") or cls.split,
                    subset=entry.get("subset"), revision=entry.get("revision"),
-                   problem_column=columns.get("problem", "problem"), answer_column=columns.get("answer", "answer"),
+                   problem_column=columns.get("problem", cls.problem_column),
+                   answer_column=columns.get("answer", cls.answer_column),
                    level_column=columns.get("level"), subject_column=columns.get("subject"))
 
 

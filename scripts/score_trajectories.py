@@ -4,12 +4,11 @@
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 
 from mathsft.cli import setup_logging
-from mathsft.io import SCORING_SCHEMAS, read_parquet, write_parquet, write_sha256sums
-from mathsft.reward import RewardSettings, score_rows, status_counts
+from mathsft.io import SCORING_SCHEMAS
+from mathsft.reward import RewardSettings
+from mathsft.reward_stage import score_file
 from mathsft.serve import exit_on_sigterm
 from mathsft.settings import add_dataclass_arguments, from_args
 
@@ -32,14 +31,7 @@ def main() -> None:
     # SIGTERM (scancel, a SLURM time limit) ends scoring through its `finally`, which kills the workers: a busy
     # one would otherwise keep a core until its check ends, however long that is.
     exit_on_sigterm()
-    in_schema, out_schema = SCORING_SCHEMAS[args.kind]
-    rows = read_parquet(args.input, in_schema).to_pylist()
-    settings = from_args(RewardSettings, args)
-    scores = score_rows(rows, settings.workers, settings.timeout_s)
-    write_parquet(rows, args.output, out_schema)
-    if args.sha256sums:
-        write_sha256sums([args.output], args.sha256sums)
-    logging.info("summary %s", json.dumps({"input": args.input, "rows": len(rows), **status_counts(scores)}))
+    score_file(args.input, args.output, args.kind, from_args(RewardSettings, args), args.sha256sums)
 
 
 if __name__ == "__main__":

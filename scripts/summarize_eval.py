@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from mathsft.io import EVAL_SCHEMA, read_parquet, write_json
-from mathsft.metrics import check_document, eval_document, package_versions, print_summary
+from mathsft.metrics import print_summary, write_eval_summary
 
 
 def main() -> None:
@@ -20,23 +19,11 @@ def main() -> None:
                         help="base sampling seed (eval.seed); every sample's request seed is checked against it")
     parser.add_argument("--config_hash", default=None)
     args = parser.parse_args()
-    rows_by_model = {}
-    for path in args.inputs:
-        rows = read_parquet(path, EVAL_SCHEMA).to_pylist()
-        if not rows:
-            raise SystemExit(f"{path}: no evaluation rows")
-        label = rows[0]["evaluated_model"]
-        if label in rows_by_model:
-            raise SystemExit(f"{path}: model {label} is in more than one input")
-        rows_by_model[label] = rows
     model_ids = dict(item.split("=", 1) for item in args.model_id)
     try:
-        document = eval_document(rows_by_model, model_ids, args.pass_k, args.config_hash, package_versions(),
-                                 base_seed=args.seed)
-        check_document(document)
+        document = write_eval_summary(args.inputs, args.output, model_ids, args.pass_k, args.config_hash, args.seed)
     except ValueError as exc:
         raise SystemExit(str(exc)) from exc
-    write_json(document, args.output)
     print_summary(document)
 
 

@@ -108,6 +108,16 @@ def test_the_shipped_catalog_follows_the_datasets_schema_that_the_config_schema_
     assert entry == {"$ref": "../schemas/datasets.schema.json#/$defs/dataset"}
 
 
+def test_a_spec_without_split_or_columns_takes_the_defaults_the_datasets_schema_gives():
+    """Snakemake fills the schema's defaults into data.datasets; a catalog entry read by hand gets DatasetSpec's.
+    They must be the same values, or a dataset would read differently in and out of the workflow."""
+    entry = json.loads((REPO / "schemas" / "datasets.schema.json").read_text())["$defs"]["dataset"]["properties"]
+    spec = sources.DatasetSpec.from_config("bare", {"path": "bare.jsonl"})
+    assert (spec.split, spec.problem_column, spec.answer_column) == (
+        entry["split"]["default"], entry["columns"]["properties"]["problem"]["default"],
+        entry["columns"]["properties"]["answer"]["default"])
+
+
 def test_answers_of_every_stored_type_become_text_math_verify_can_read():
     assert data.answer_text(6.0) == "6" and data.answer_text(0.5) == "0.5" and data.answer_text(12) == "12"
     assert data.answer_text(["$1$", "$-1$"]) == "1, -1" and data.answer_text(["$9$"]) == "9"
