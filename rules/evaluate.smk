@@ -1,6 +1,8 @@
 rule evaluate:
     """Serve one model the way the teacher is served (or reach it at the user's server: eval.endpoints, or
-    teacher.endpoint for the teacher) and sample n answers per benchmark problem.
+    teacher.endpoint for the teacher) and sample n answers per benchmark problem. It only samples: score_eval
+    scores the samples and eval_summary computes the metrics (mathsft/metrics.py). The name is the stage's, which
+    profiles and --until/-R name; run_sft_model.py does all three for one model by hand.
 
     Benchmarks are ancient() inputs with the data settings that decide their content as a param: adding
     training problems rewrites the data files but never resamples an evaluation."""
