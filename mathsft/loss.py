@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 
+from mathsft import packing
 from mathsft.chat import IGNORE_INDEX
 from mathsft.train_settings import ConfigError
 
@@ -110,11 +111,15 @@ def _collate_padded(batch, pad_id):
     return input_ids, labels, attention
 
 
+def label_token_count(examples) -> int:
+    """How many tokens of `examples` ((input_ids, labels) pairs) the loss is taken over: the labels, past each
+    trace's first token, that are not IGNORE_INDEX."""
+    return sum(sum(label != IGNORE_INDEX for label in labels[1:]) for _, labels in examples)
+
+
 def micro_batch_loss(model, batch, packed: bool, pad_id: int, device, fused_loss=None):
     """Summed next-token loss over the label tokens of one micro-batch, and the positions computed (real
     tokens + padding) for the padding-waste figure."""
-    from mathsft import packing
-
     if packed:
         input_ids, labels, positions, bounds = packing.collate_packed(batch)
         kwargs = {"position_ids": positions.to(device), **packing.packed_kwargs(bounds, device)}

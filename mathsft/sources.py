@@ -4,6 +4,7 @@ the line."""
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,14 +55,19 @@ def check_datasets(entries: dict) -> dict[str, dict]:
     """`entries` ({name: entry}: config/datasets.yaml with data.datasets over it), once each entry follows
     schemas/datasets.schema.json, the one statement of what a valid entry is; else a ValueError naming, one line
     each, every dataset and key that does not."""
-    import jsonschema
-
-    validator = jsonschema.Draft202012Validator(json.loads(DATASETS_SCHEMA.read_text()))
-    errors = sorted(validator.iter_errors(entries), key=lambda error: [str(part) for part in error.absolute_path])
+    errors = sorted(_datasets_validator().iter_errors(entries), key=lambda error: [str(part) for part in error.absolute_path])
     if errors:
         raise ValueError("\n".join(f"{'.'.join(['data.datasets', *map(str, error.absolute_path)])}: "
                                     f"{_error_text(error)}" for error in errors))
     return entries
+
+
+@functools.cache
+def _datasets_validator():
+    """The validator of schemas/datasets.schema.json, built once per process (every DatasetSpec is checked)."""
+    import jsonschema
+
+    return jsonschema.Draft202012Validator(json.loads(DATASETS_SCHEMA.read_text()))
 
 
 def _error_text(error) -> str:

@@ -42,11 +42,13 @@ def sample_shard(sampler: Sampler, output: str, *, shard: str | None, num_sample
 
 
 def threshold_only(reward_threshold: float, records: list[dict]) -> CurateSettings:
-    """Curation that drops only wrong (reward below `reward_threshold`) and unfinished traces of `records`: no
-    trace is longer than the longest, none is beyond a cap of all of them, and none goes to validation."""
+    """Curation that drops only wrong (reward below `reward_threshold`) and unfinished traces of `records` (and,
+    as curation does, any without token counts): no trace is longer than the longest, none is beyond a cap of all
+    of them, and none goes to validation."""
     return CurateSettings(
         reward_threshold=reward_threshold,
-        max_length=max((record["prompt_tokens"] + record["completion_tokens"] for record in records), default=1),
+        max_length=max((record["prompt_tokens"] + record["completion_tokens"] for record in records
+                        if record["prompt_tokens"] is not None and record["completion_tokens"] is not None), default=1),
         max_traces_per_problem=max(len(records), 1),
         val_fraction=0.0,
     )

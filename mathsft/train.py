@@ -15,9 +15,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mathsft.chat import IGNORE_INDEX, end_of_turn_token
+from mathsft.chat import end_of_turn_token
 from mathsft.checkpoints import Checkpoints, export
-from mathsft.loss import apply_liger, check_liger, micro_batch_loss
+from mathsft.loss import apply_liger, check_liger, label_token_count, micro_batch_loss
 from mathsft.train_data import epoch_plan, load_examples
 from mathsft.train_settings import (ConfigError, TrainConfig, check_config, deepspeed_config, parquet_files,
                                     run_fingerprint)
@@ -164,8 +164,7 @@ def train_step(engine, examples, micro_batches: list[list[int]], cfg: TrainConfi
     batch_examples = [examples[i] for group in micro_batches for i in group]
     # Token mean over the global batch: count label tokens on every rank; every rank runs as many
     # passes as the busiest (ZeRO reduces gradients in each backward, so the counts must match).
-    counts = torch.tensor([sum(sum(label != IGNORE_INDEX for label in labels[1:]) for _, labels in batch_examples),
-                           sum(len(ids) for ids, _ in batch_examples)], dtype=torch.float64, device=device)
+    counts = torch.tensor([label_token_count(batch_examples), sum(len(ids) for ids, _ in batch_examples)], dtype=torch.float64, device=device)
     passes = torch.tensor([len(micro_batches)], device=device)
     if world_size > 1:
         torch.distributed.all_reduce(counts)
@@ -319,6 +318,6 @@ def evaluate_loss(engine, examples, micro_batch_size, pad_id, device) -> float:
             batch = examples[start : start + micro_batch_size]
             loss, _ = micro_batch_loss(engine, batch, False, pad_id, device)
             total += float(loss)
-            count += sum(sum(label != IGNORE_INDEX for label in labels[1:]) for _, labels in batch)
+            count += label_token_count(batch)
     engine.train()
     return total / max(count, 1)

@@ -8,6 +8,7 @@ import random
 
 from mathsft.chat import tokenize_example
 from mathsft.io import SCORED_SCHEMA, read_parquet
+from mathsft.packing import pack
 from mathsft.train_settings import TrainConfig
 
 
@@ -30,8 +31,6 @@ def load_examples(paths: tuple[str, ...] | list[str], tokenizer, end_of_turn_id:
 def epoch_plan(lengths: list[int], cfg: TrainConfig, epoch: int, rank: int, world_size: int) -> list[list[list[int]]]:
     """This rank's micro-batches (example indices) for each optimizer step of `epoch`. The order depends on
     (seed, epoch) only, so a resumed run replays exactly the steps it has not done."""
-    from mathsft.packing import pack
-
     order = list(range(len(lengths)))
     random.Random(cfg.seed + epoch).shuffle(order)
     steps = []

@@ -1,4 +1,5 @@
 # Helpers shared by the rules. Nothing here imports torch, vLLM or transformers: a dry run stays fast.
+import functools
 import hashlib
 import json
 import os
@@ -33,11 +34,12 @@ def shard_rows(wildcards):
     return stop - start
 
 
-# The data settings of each source, in the order prepare_math_data.py takes them: config key, option, and what the
-# key decides. Every key is passed (data_options). "count" decides only how many shards there are; every other key
-# decides what a shard holds (data_identity); "bench" keys also decide what the evaluation sets hold
+# The data settings of each source, in the order prepare_math_data.py takes them: config key, option, and which
+# identity param holds the key. Every key is passed (data_options). "count": neither (it decides only how many
+# shards there are); "shards": the teacher's (data_identity); "bench": the teacher's and evaluation's
 # (bench_identity). `datasets` stands for the datasets in use: their specs as options; their specs and file
-# contents as identity, the evaluated ones' for the evaluation sets.
+# contents as identity, the evaluated ones' for the evaluation sets. The third column is the params' text that
+# finished runs recorded: moving a key to another column reruns every teacher shard or evaluation.
 DATA_SETTINGS = {
     "reasoning_gym": (
         ("source", "--source", "bench"),
@@ -82,7 +84,7 @@ def data_identity():
 
 def bench_identity():
     """The data settings that decide what the evaluation sets hold."""
-    evaluated = eval_benchmarks() if datasets_in_use() else []
+    evaluated = eval_benchmarks() if config["data"]["source"] != "reasoning_gym" else []
     identities = {"datasets": dataset_identities(evaluated)}
     return canonical(config["data"] | identities, [key for key, _, _ in data_settings(("bench",))])
 
@@ -106,10 +108,8 @@ DATASETS = check_datasets(read_catalog(os.path.join(workflow.basedir, "config", 
 
 
 def dataset_spec(name):
-    """The spec of one dataset in use: hub datasets only with source: hub."""
-    spec = dataset_entry(name, DATASETS)
-    check_source(config["data"]["source"], {name: spec.get("hub")})
-    return spec
+    """The spec of one dataset in use (checked below)."""
+    return dataset_entry(name, DATASETS)
 
 
 def datasets_in_use():
@@ -117,6 +117,16 @@ def datasets_in_use():
     if config["data"]["source"] == "reasoning_gym":
         return []
     return list(dict.fromkeys(config["data"]["train_sets"] + config["data"]["benchmarks"]))
+
+
+# Each dataset in use is known, and a hub dataset only with source: hub; checked once, before any job.
+check_source(config["data"]["source"], {name: dataset_spec(name).get("hub") for name in datasets_in_use()})
+
+
+@functools.cache
+def local_file_sha256(path):
+    """A local dataset file's sha256, hashed once per Snakemake run (both identity params name it)."""
+    return file_sha256(path)
 
 
 def dataset_identities(names):
@@ -127,7 +137,7 @@ def dataset_identities(names):
         spec = dataset_spec(name)
         identities[name] = dict(spec)
         if spec.get("path") and os.path.exists(spec["path"]):
-            identities[name]["sha256"] = file_sha256(spec["path"])
+            identities[name]["sha256"] = local_file_sha256(spec["path"])
     return identities
 
 
@@ -373,6 +383,11 @@ SPEED_ONLY_KEYS = {
     "eval": ("concurrency", "request_timeout_s", "max_attempts"),
     "train": ("checkpoint_every", "launcher", "report_to"),
 }
+
+# Per eval.endpoints entry: where the model is served and its key's variable; the model's name there decides.
+SPEED_ONLY_ENDPOINT_KEYS = ("endpoint", "api_key_env")
+
+
 def speed_only_resources(section, keys):
     """Settings of `section` that decide how fast a job runs, never what it makes (SPEED_ONLY_KEYS), as the
     rule's resources: unlike a param, a resource never triggers a rerun, so editing one reruns nothing.
@@ -382,10 +397,6 @@ def speed_only_resources(section, keys):
         raise ValueError(f"{section}.{', '.join(unknown)}: not speed-only (SPEED_ONLY_KEYS); pass it as a param")
     values = {key: config[section][key] for key in keys}
     return {key: value if type(value) is int else str(value) for key, value in values.items()}
-
-
-# Per eval.endpoints entry: where the model is served and its key's variable; the model's name there decides.
-SPEED_ONLY_ENDPOINT_KEYS = ("endpoint", "api_key_env")
 
 
 def config_hash():

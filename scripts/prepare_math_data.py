@@ -58,13 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main() -> None:
     args = build_parser().parse_args()
     setup_logging()
-    prepare_data_stage(
-        args.output_dir, source=args.source, tasks=args.tasks, train_sets=args.train_sets, benchmarks=args.benchmarks,
-        datasets=args.datasets, catalog=args.catalog, dataset_files=dict(args.dataset_file),
-        num_samples=args.num_samples, shard_size=args.shard_size, eval_problems=args.eval_problems, seed=args.seed,
-        eval_seed=args.eval_seed, ngram=args.ngram, max_problem_chars=args.max_problem_chars,
-        task_options=args.task_options,
-    )
+    try:
+        prepare_data_stage(
+            args.output_dir, source=args.source, tasks=args.tasks, train_sets=args.train_sets,
+            benchmarks=args.benchmarks, datasets=args.datasets, catalog=args.catalog,
+            dataset_files=dict(args.dataset_file), num_samples=args.num_samples, shard_size=args.shard_size,
+            eval_problems=args.eval_problems, seed=args.seed, eval_seed=args.eval_seed, ngram=args.ngram,
+            max_problem_chars=args.max_problem_chars, task_options=args.task_options,
+        )
+    except ValueError as exc:  # bad data or specs: the message names the dataset, file or row
+        raise SystemExit(f"error: {exc}") from exc
 
 
 if __name__ == "__main__":

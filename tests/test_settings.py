@@ -3,17 +3,15 @@ every option that holds a config setting defaults to config.schema.yaml's defaul
 hand does what a pipeline run with the default config does."""
 
 import argparse
-import importlib.util
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 import yaml
 
+from helpers.workflow import REPO, load_script
 from mathsft.generate import ClientSettings, Sampling
 from mathsft.settings import add_dataclass_arguments, from_args
 
-REPO = Path(__file__).resolve().parents[1]
 SCHEMA = yaml.safe_load((REPO / "config" / "config.schema.yaml").read_text())
 
 # Each script's options are looked up by name in these schema sections, in this order.
@@ -46,10 +44,7 @@ COMPARED_AT_LEAST = {"generate_sft_data.py": 18, "run_sft_model.py": 15, "train_
 
 def script_parser(script: str) -> argparse.ArgumentParser:
     """The parser of scripts/`script`, from its build_parser()."""
-    spec = importlib.util.spec_from_file_location(script.removesuffix(".py"), REPO / "scripts" / script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.build_parser()
+    return load_script(script).build_parser()
 
 
 def schema_setting(key: str):

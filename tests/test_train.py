@@ -1,11 +1,10 @@
-import importlib.util
 import json
 import logging
 import math
-from pathlib import Path
 
 import pytest
 
+from helpers.workflow import load_script
 from mathsft.checkpoints import Checkpoints
 from mathsft.train import TrainingDiverged, check_finite, cosine_with_warmup
 from mathsft.train_settings import ConfigError, TrainConfig, check_config, deepspeed_config, run_fingerprint
@@ -163,15 +162,6 @@ def test_tracking_never_changes_which_checkpoints_a_run_resumes(tmp_path):
     assert run_fingerprint(tracked) == run_fingerprint(_cfg(tmp_path))
 
 
-def train_script():
-    """scripts/train_sft.py as a module (its parser and its settings from parsed options)."""
-    script = Path(__file__).resolve().parents[1] / "scripts" / "train_sft.py"
-    spec = importlib.util.spec_from_file_location("train_sft", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_two_train_files_are_read_in_the_order_given_as_one_training_set(tmp_path, student_tokenizer):
     from mathsft.chat import end_of_turn_token
     from mathsft.train_data import load_examples
@@ -195,7 +185,7 @@ def test_train_files_takes_several_and_one_keeps_the_config_and_fingerprint_it_h
     (tmp_path / "train.parquet").write_bytes(b"PAR1")
     (tmp_path / "more.parquet").write_bytes(b"PAR1 more")
     (tmp_path / "deepspeed.json").write_text('{"zero_optimization": {"stage": 2}}')
-    script = train_script()
+    script = load_script("train_sft.py")
     common = ["--model", "m", "--output_dir", "o", "--metrics", "x", "--summary", "y", "--deepspeed", "deepspeed.json",
               "--val_files", "val.parquet"]
 

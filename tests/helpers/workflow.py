@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import importlib.util
 import os
 import re
 import shutil
@@ -19,6 +20,14 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
 @functools.cache
+def load_script(script: str):
+    """scripts/`script` as a module (its build_parser(), main() and helpers), without running it."""
+    spec = importlib.util.spec_from_file_location(script.removesuffix(".py"), REPO / "scripts" / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def checkout() -> Path:
     """A copy of this checkout (its tracked and unignored files) in a folder whose path has a space and a quote,
     as users clone into any folder: the workflow tests run Snakemake from it, so every path and value that
