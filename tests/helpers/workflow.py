@@ -19,7 +19,6 @@ REPO = Path(__file__).resolve().parents[2]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
-@functools.cache
 def load_script(script: str):
     """scripts/`script` as a module (its build_parser(), main() and helpers), without running it."""
     spec = importlib.util.spec_from_file_location(script.removesuffix(".py"), REPO / "scripts" / script)
@@ -28,6 +27,7 @@ def load_script(script: str):
     return module
 
 
+@functools.cache
 def checkout() -> Path:
     """A copy of this checkout (its tracked and unignored files) in a folder whose path has a space and a quote,
     as users clone into any folder: the workflow tests run Snakemake from it, so every path and value that
