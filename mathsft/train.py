@@ -98,8 +98,11 @@ def _init_distributed():
     """One process without a launcher gets the environment torch.distributed expects."""
     import deepspeed
 
+    from mathsft.native_ops import refuse_unlinkable_builds, skip_unused_ops
     from mathsft.ports import free_port
 
+    skip_unused_ops()  # before the backend is set up: that is where DeepSpeed builds its shared-memory op
+    refuse_unlinkable_builds()
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     import torch

@@ -8,6 +8,7 @@ outlived its parent and was handed to init still counts."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -195,12 +196,17 @@ def test_sigterm_to_a_training_stops_every_rank_within_seconds_and_exports_nothi
 
 @pytest.mark.e2e
 def test_sigterm_during_the_first_starts_extension_build_releases_its_lock(student_dir, tmp_path):
-    # DeepSpeed builds its shared-memory extension at a machine's first start (about 2 minutes), holding a lock
-    # file meanwhile; a process that dies without running its `finally` leaves the lock, and every later start
-    # waits on it forever. The compilers ninja started finish their file and exit on their own.
+    # A DeepSpeed JSON without torch_adam makes DeepSpeed build its FusedAdam op at a machine's first start
+    # (the shipped JSONs build none), holding a lock file meanwhile; a process that dies without running its
+    # `finally` leaves the lock, and every later start waits on it forever. The compilers ninja started finish
+    # their file and exit on their own.
     write_sft_set(tmp_path / "train.parquet", 4)
     extensions = tmp_path / "torch_extensions"
+    fused_adam = json.loads((REPO / "config" / "deepspeed" / "zero2.json").read_text())
+    del fused_adam["optimizer"]["params"]["torch_adam"]
+    (tmp_path / "fused_adam.json").write_text(json.dumps(fused_adam))
     command = train_command(student_dir, tmp_path, "run", "--global_batch_size", "2")
+    command[command.index("--deepspeed") + 1] = str(tmp_path / "fused_adam.json")
     with ProcessTree(command, tmp_path / "train.log", env={"TORCH_EXTENSIONS_DIR": str(extensions)}) as tree:
         tree.wait_until(lambda: "ninja" in tree.names(), 300, "extension build")
         os.kill(tree.process.pid, signal.SIGTERM)
