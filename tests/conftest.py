@@ -17,10 +17,17 @@ MODEL_CACHE = Path(os.environ.get("MATHSFT_TEST_MODELS", REPO / ".cache" / "mode
 
 
 def converted_model(name: str) -> Path:
+    """The embedded model `name`, converted by scripts/prepare_model.py once per machine: one test process converts
+    it while any other that needs it waits (pytest-xdist runs several)."""
+    import fcntl
+
     out = MODEL_CACHE / name
-    if not (out / "config.json").is_file():
-        subprocess.run([sys.executable, str(REPO / "scripts" / "prepare_model.py"), "--name", name, "--output", str(out)],
-                       check=True)
+    MODEL_CACHE.mkdir(parents=True, exist_ok=True)
+    with open(MODEL_CACHE / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / "config.json").is_file():
+            subprocess.run([sys.executable, str(REPO / "scripts" / "prepare_model.py"), "--name", name, "--output",
+                            str(out)], check=True)
     return out
 
 
@@ -59,20 +66,60 @@ def student_tokenizer(student_dir):
     return AutoTokenizer.from_pretrained(student_dir)
 
 
+def readme_command(start: str) -> str:
+    """The command of the README's "Two commands" that starts with `start`, as written there."""
+    found = [line.strip() for line in (REPO / "README.md").read_text().splitlines() if line.strip().startswith(start)]
+    assert len(found) == 1, f"README.md: expected one command starting {start!r}, found {found}"
+    return found[0]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_root(tmp_path_factory) -> Path:
+    """A folder shared by every pytest-xdist worker of this test run (the session's own without xdist): the
+    checkout and the finished run are made there once, by the first worker that needs them."""
+    from helpers import workflow
+
+    base = tmp_path_factory.getbasetemp()
+    workflow.SHARED_ROOT = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    return workflow.SHARED_ROOT
+
+
 @pytest.fixture(scope="session")
-def finished_run(tmp_path_factory):
-    """A complete run of the tiny config (rule all: eval.json and report.html), once per session, from a checkout
-    and into a folder whose paths have a space and a quote: the end-to-end and rerun tests read it, and the SLURM tests compare their own whole run with it. The models
-    are hard links to the per-machine converted copies."""
+def finished_run(shared_root):
+    """A complete run of the tiny config (rule all: eval.json and report.html), made once per test run, as a
+    newcomer makes it: the README's first command as written (setup.sh, which makes the checkout's own .venv,
+    then snakemake), in a checkout whose path has a space and a quote (workflow.checkout()), with every per-user
+    cache empty, into a folder whose path has both too. The end-to-end and rerun tests read it, and the SLURM
+    tests compare their own whole run with it. The models are hard links to the per-machine converted copies."""
+    import json
+    import shlex
     import shutil
+    import time
 
-    from helpers.workflow import snakemake
+    from helpers.caches import fresh_user_caches
+    from helpers.workflow import checkout, made_once
 
-    # A working directory whose path has a space and a quote too (the checkout has both: workflow.checkout()).
-    workdir = tmp_path_factory.mktemp("run") / "a user's run"
-    for name in EMBEDDED:
-        shutil.copytree(converted_model(name), workdir / "results" / "base_models" / name, copy_function=os.link)
-    result = snakemake(workdir, TINY, timeout=2400)
+    top = shared_root / "finished_run"
+    workdir = top / "a user's run"
+    with made_once(top) as to_make:
+        if to_make:
+            for name in EMBEDDED:
+                shutil.copytree(converted_model(name), workdir / "results" / "base_models" / name,
+                                copy_function=os.link)
+            command = (f"{readme_command('bash setup.sh && ')}"
+                       f" --configfile {shlex.quote(str(checkout() / TINY.relative_to(REPO)))}"
+                       f" --directory {shlex.quote(str(workdir))}")
+            env = {name: value for name, value in os.environ.items() if name not in ("VIRTUAL_ENV", "PYTHONPATH")}
+            env |= fresh_user_caches(top / "a user's caches", env)
+            started = time.monotonic()
+            result = subprocess.run(["bash", "-c", command], cwd=checkout(), env=env, capture_output=True,
+                                    text=True, timeout=2400)
+            print(f"\nthe README's first command (tiny config) from {checkout()}: exit {result.returncode} after "
+                  f"{time.monotonic() - started:.0f} s")
+            (top / "result.json").write_text(json.dumps(
+                {"args": result.args, "returncode": result.returncode, "stdout": result.stdout,
+                 "stderr": result.stderr}))
+    result = subprocess.CompletedProcess(**json.loads((top / "result.json").read_text()))
     if result.returncode != 0:
         logs = "\n".join(f"== {p}\n{p.read_text()[-3000:]}" for p in sorted((workdir / "logs").rglob("*.log"))
                          if "server" not in p.name)

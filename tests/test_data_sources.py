@@ -268,7 +268,7 @@ def test_a_data_datasets_entry_with_an_unknown_key_is_refused_before_any_job_nam
 
 def test_a_broken_catalog_entry_is_refused_when_the_dag_is_built_naming_dataset_and_key(hub_run, tmp_path):
     workdir, configfile, config = hub_run
-    copy = shutil.copytree(checkout(), tmp_path / "checkout")
+    copy = shutil.copytree(checkout(), tmp_path / "checkout", ignore=shutil.ignore_patterns(".venv", ".cache"))
     catalog = yaml.safe_load((copy / "config" / "datasets.yaml").read_text())
     catalog["minerva"]["path"] = "minerva.jsonl"
     catalog["aime24"]["split"] = 2024

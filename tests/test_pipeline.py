@@ -7,14 +7,17 @@ import json
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
 from conftest import TINY
+from helpers.processes import vllm_servers
 from helpers.workflow import checkout, edited_config, planned_outputs, ran_jobs, snakemake
 
-pytestmark = pytest.mark.e2e
+# One pytest-xdist worker runs this file in order: the last tests rewrite files of the finished run.
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("pipeline")]
 # finished_run (conftest.py): the tiny config run to the end once per session; tests/test_slurm.py runs it
 # again through SLURM and compares.
 
@@ -114,8 +117,49 @@ def test_fine_tuned_model_stops_on_im_end_and_its_training_is_logged(finished_ru
 
 
 def test_no_vllm_server_outlives_the_run(finished_run):
-    out = subprocess.run(["pgrep", "-af", "vllm.entrypoints.openai.api_server"], capture_output=True, text=True).stdout
-    assert [line for line in out.splitlines() if "pgrep" not in line] == []
+    workdir, _ = finished_run
+    assert vllm_servers(workdir) == []  # none of the run's servers (their logs are under logs/) is left
+
+
+
+def test_the_newcomers_run_compiled_nothing_into_its_empty_caches(finished_run):
+    """A first run on a new machine builds no native code: DeepSpeed's shared-memory op (only inference collectives
+    use it) is skipped, AdamW is torch's, vLLM runs eager on the CPU, and nothing else calls torch.compile or Triton."""
+    workdir, _ = finished_run
+    caches = workdir.parent / "a user's caches"
+    assert (caches / "xdg").is_dir()  # the fixture's empty caches: the run could write here, and wrote no build
+    compiled = [path for folder in ("xdg/torch_extensions", "triton", "inductor", "xdg/vllm/torch_compile_cache")
+                for path in (caches / folder).rglob("*") if path.is_file()]
+    assert compiled == []
+    assert "Building extension module" not in (workdir / "logs" / "train" / "sft.log").read_text()
+
+
+def test_a_deepspeed_json_that_needs_a_built_op_stops_at_once_under_the_newcomers_venv(finished_run, tmp_path):
+    """The checkout's own .venv lies under a path with a space and a quote, where PyTorch's extension builder cannot
+    link: a DeepSpeed JSON that makes DeepSpeed build an op (AdamW without torch_adam: FusedAdam) stops before the
+    compiler runs, naming the op and the fix."""
+    from helpers.caches import fresh_user_caches
+    from helpers.sftdata import write_sft_set
+
+    workdir, _ = finished_run
+    fused_adam = json.loads((checkout() / "config" / "deepspeed" / "zero2.json").read_text())
+    del fused_adam["optimizer"]["params"]["torch_adam"]
+    (tmp_path / "fused_adam.json").write_text(json.dumps(fused_adam))
+    write_sft_set(tmp_path / "train.parquet", 4)
+    caches = fresh_user_caches(tmp_path / "caches")
+    python = checkout() / ".venv" / "bin" / "python"
+    result = subprocess.run(
+        [str(python), str(checkout() / "scripts" / "train_sft.py"), "--model",
+         str(workdir / "results" / "base_models" / "smollm2-135m-instruct"), "--train_files",
+         str(tmp_path / "train.parquet"), "--val_files", str(tmp_path / "val.parquet"), "--output_dir",
+         str(tmp_path / "run" / "model"), "--metrics", str(tmp_path / "run" / "metrics.jsonl"), "--summary",
+         str(tmp_path / "run" / "summary.json"), "--deepspeed", str(tmp_path / "fused_adam.json"),
+         "--global_batch_size", "2", "--max_length", "256"],
+        capture_output=True, text=True, timeout=600, env=os.environ | caches)
+    assert result.returncode != 0
+    assert "error: DeepSpeed would build its fused_adam op now" in result.stderr, result.stderr[-3000:]
+    assert f"({python.parent.parent}/lib/" in result.stderr and "torch_adam: true" in result.stderr
+    assert not any(Path(caches["TORCH_EXTENSIONS_DIR"]).rglob("*.o")) and not (tmp_path / "run" / "model").exists()
 
 
 SFT_DOWNSTREAM = {"results/sft/train.parquet", "results/models/sft", "results/eval/generations/sft.parquet",

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import atexit
+import contextlib
+import fcntl
 import functools
 import importlib.util
 import os
@@ -27,22 +28,42 @@ def load_script(script: str):
     return module
 
 
+# Set by conftest.py for the session: a folder every pytest-xdist worker of this run shares (pytest removes it
+# with its other old temporary folders).
+SHARED_ROOT: Path | None = None
+
+
+@contextlib.contextmanager
+def made_once(folder: Path):
+    """Yields whether `folder` is still to be made, holding a lock that the other workers of this test run wait on;
+    the folder counts as made once the block exits without an exception."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    done = folder.parent / f".{folder.name}.done"
+    with open(folder.parent / f".{folder.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # what a failed attempt left
+        yield not done.exists()
+        done.touch()
+
+
 @functools.cache
 def checkout() -> Path:
     """A copy of this checkout (its tracked and unignored files) in a folder whose path has a space and a quote,
     as users clone into any folder: the workflow tests run Snakemake from it, so every path and value that
-    reaches a job's shell is tested quoted. Made once per test session."""
-    top = Path(tempfile.mkdtemp(prefix="mathsft-checkout-"))
-    atexit.register(shutil.rmtree, top, ignore_errors=True)
+    reaches a job's shell is tested quoted. Made once per test run, shared by its workers: a finished run is
+    planned against the Snakefile it was made with."""
+    top = (SHARED_ROOT or Path(tempfile.mkdtemp(prefix="mathsft-checkout-"))) / "checkout"
     copy = top / "a user's checkout" / "mathsft"
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                            capture_output=True, check=True).stdout.decode().split("\0")
-    for name in filter(None, listed):
-        if (REPO / name).is_file():
-            (copy / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, copy / name)
+    with made_once(top) as to_make:
+        if to_make:
+            listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                                    cwd=REPO, capture_output=True, check=True).stdout.decode().split("\0")
+            for name in filter(None, listed):
+                if (REPO / name).is_file():
+                    (copy / name).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(REPO / name, copy / name)
     return copy
-
 
 def snakemake(workdir: Path, configfile: Path, *args: str, timeout: float = 1800,
               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
