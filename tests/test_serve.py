@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import socket
-import subprocess
 import threading
 import time
 import urllib.error
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO
+from helpers.processes import vllm_servers
 
 from mathsft.serve import (ManagedServer, ServerError, check_no_secrets, external_endpoint, list_models,
                            redact)
@@ -22,9 +22,6 @@ CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "
 CPU_ARGS = ["--dtype", "float32", "--enforce-eager", "--max-model-len", "512"]
 
 
-def _vllm_processes() -> list[str]:
-    out = subprocess.run(["pgrep", "-af", "vllm.entrypoints.openai.api_server"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if "pgrep" not in line]
 
 
 def test_a_port_in_use_fails_at_once_naming_the_port(tmp_path):
@@ -48,7 +45,7 @@ def test_a_bad_model_path_fails_well_within_the_health_timeout_with_the_server_l
             pass
     assert time.monotonic() - started < 180
     assert "no-such-model" in str(error.value)  # the server's own last lines say what was wrong
-    assert not _vllm_processes()
+    assert not vllm_servers(tmp_path)
 
 
 @pytest.mark.e2e  # starts a vLLM server
@@ -59,28 +56,51 @@ def test_the_health_wait_is_bounded_and_the_server_stopped_when_it_runs_out(tmp_
                            health_timeout_s=3):
             pass
     assert time.monotonic() - started < 60
-    assert not _vllm_processes()
+    assert not vllm_servers(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def shipped_server(tmp_path_factory, student_dir):
+    """A managed server of the student with the embedded default's server settings and a key of its own, started
+    once for the tests below; when it stops, its key is in neither its log nor the job's, and none of its
+    processes is left."""
+    import logging.handlers
+
+    import yaml
+
+    server = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["server"]
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    job_log = logging.handlers.BufferingHandler(capacity=100_000)
+    logger = logging.getLogger("mathsft.serve")
+    level, _ = logger.level, logger.setLevel(logging.INFO)
+    logger.addHandler(job_log)
+    try:
+        with ManagedServer(str(student_dir), "m", log, args=server["args"], env=server["env"],
+                           health_timeout_s=300) as managed:
+            yield managed
+    finally:
+        logger.removeHandler(job_log)
+        logger.setLevel(level)
+    job_lines = "\n".join(record.getMessage() for record in job_log.buffer)
+    assert "starting vLLM" in job_lines and managed.api_key not in job_lines
+    assert managed.api_key not in log.read_text()
+    assert not vllm_servers(log.parent)
 
 
 @pytest.mark.e2e  # starts a vLLM server
-def test_the_shipped_cpu_server_settings_survive_a_wide_batch_of_seeded_requests(tmp_path, student_dir):
+@pytest.mark.xdist_group("shipped_server")  # one pytest-xdist worker: one server
+def test_the_shipped_cpu_server_settings_survive_a_wide_batch_of_seeded_requests(shipped_server):
     """vLLM's CPU backend crashed on seeded requests whose prefill was split across steps; the embedded
     default's server arguments must keep a wide batch alive (every request answered)."""
-    import yaml
-
     from mathsft.generate import ClientSettings, Sampling, sample
 
-    server = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["server"]
     rows = [{"problem_id": f"{i:016x}", "source": "s", "problem": f"What is {i} + {i}? " * 12, "answer": f"${2 * i}$"}
             for i in range(32)]
-    with ManagedServer(str(student_dir), "m", tmp_path / "server.log", args=server["args"], env=server["env"],
-                       health_timeout_s=300) as managed:
-        records, summary = sample(rows, managed.base_url, "m", "boxed_cot_v1",
-                                  Sampling(samples_per_problem=4, temperature=0.6, top_p=0.95, max_tokens=8, seed=0),
-                                  ClientSettings(concurrency=128, max_attempts=1), api_key=managed.api_key,
-                                  check_alive=managed.check_alive)
+    records, summary = sample(rows, shipped_server.base_url, "m", "boxed_cot_v1",
+                              Sampling(samples_per_problem=4, temperature=0.6, top_p=0.95, max_tokens=8, seed=0),
+                              ClientSettings(concurrency=128, max_attempts=1), api_key=shipped_server.api_key,
+                              check_alive=shipped_server.check_alive)
     assert summary["failed"] == 0 and len(records) == 128
-    assert not _vllm_processes()
 
 
 def _group_commands(pgid: int) -> list[bytes]:
@@ -97,28 +117,27 @@ def _group_commands(pgid: int) -> list[bytes]:
 
 
 @pytest.mark.e2e  # starts a vLLM server
-def test_a_managed_server_answers_only_its_own_key_which_never_reaches_argv_or_a_log(tmp_path, student_dir, caplog):
+@pytest.mark.xdist_group("shipped_server")  # one pytest-xdist worker: one server
+def test_a_managed_server_answers_only_its_own_key_which_never_reaches_argv_or_a_log(shipped_server, student_dir,
+                                                                                        caplog):
     caplog.set_level(logging.INFO, logger="mathsft.serve")
-    with ManagedServer(str(student_dir), "m", tmp_path / "server.log", args=CPU_ARGS, env=CPU_ENV,
-                       health_timeout_s=300) as managed:
-        key = managed.api_key
-        assert len(key) >= 32 and managed.model_id == str(student_dir)  # vLLM reports what it loaded
-        assert [entry["id"] for entry in list_models(managed.base_url, key)] == ["m"]
-        for wrong in (None, "not-the-key"):
-            with pytest.raises(urllib.error.HTTPError) as refused:
-                list_models(managed.base_url, wrong)
-            assert refused.value.code == 401
-        commands = _group_commands(managed.proc.pid)
-        assert commands and not any(key.encode() in command for command in commands)
-        # The same server seen as a user's endpoint: the name is checked before any request.
-        assert external_endpoint(managed.base_url, "m", key).model_id == str(student_dir)
-        with pytest.raises(ServerError, match=r"serves \['m'\], not 'teacher'"):
-            external_endpoint(managed.base_url, "teacher", key)
-        with pytest.raises(ServerError, match="HTTP 401.*api_key_env"):
-            external_endpoint(managed.base_url, "m", None)
-    assert key not in (tmp_path / "server.log").read_text() and key not in caplog.text
-    assert "starting vLLM" in caplog.text
-    assert not _vllm_processes()
+    managed = shipped_server
+    key = managed.api_key
+    assert len(key) >= 32 and managed.model_id == str(student_dir)  # vLLM reports what it loaded
+    assert [entry["id"] for entry in list_models(managed.base_url, key)] == ["m"]
+    for wrong in (None, "not-the-key"):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            list_models(managed.base_url, wrong)
+        assert refused.value.code == 401
+    commands = _group_commands(managed.proc.pid)
+    assert commands and not any(key.encode() in command for command in commands)
+    # The same server seen as a user's endpoint: the name is checked before any request.
+    assert external_endpoint(managed.base_url, "m", key).model_id == str(student_dir)
+    with pytest.raises(ServerError, match=r"serves \['m'\], not 'teacher'"):
+        external_endpoint(managed.base_url, "teacher", key)
+    with pytest.raises(ServerError, match="HTTP 401.*api_key_env"):
+        external_endpoint(managed.base_url, "m", None)
+    assert key not in caplog.text  # and the start's lines: the fixture checks them and the server's log
 
 
 class _Impostor(http.server.BaseHTTPRequestHandler):
@@ -159,7 +178,7 @@ def test_a_process_that_takes_the_port_before_vllm_is_refused(tmp_path, student_
         assert time.monotonic() - started < 60
     finally:
         impostor.shutdown()
-    assert not _vllm_processes()
+    assert not vllm_servers(tmp_path)
 
 
 def test_keys_in_server_arguments_or_variables_are_refused_and_redacted_from_log_lines():

@@ -26,9 +26,11 @@ import pytest
 import yaml
 
 from conftest import converted_model
+from helpers.processes import vllm_servers
 from helpers.workflow import REPO, edited_config
 
-pytestmark = pytest.mark.e2e
+# One pytest-xdist worker: the cluster is brought up once, for this file.
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("slurm")]
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
 PROFILE = REPO / "profiles" / "slurm"
 CLUSTER_SCRIPT = REPO / "tests" / "slurm" / "cluster.sh"
@@ -173,11 +175,6 @@ def cancel_first_teacher_job(process: subprocess.Popen, workdir: Path, log: Path
     pytest.fail(f"no teacher job ran within {timeout} s:\n{log.read_text()[-5000:]}")
 
 
-def vllm_servers() -> list[str]:
-    out = subprocess.run(["pgrep", "-af", "vllm.entrypoints.openai.api_server"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if "pgrep" not in line]
-
-
 @pytest.fixture(scope="module")
 def slurm_run(cluster, tmp_path_factory):
     """The tiny config through profiles/slurm, one GPU per GPU job, in two runs: the first with no retries,
@@ -203,7 +200,7 @@ def slurm_run(cluster, tmp_path_factory):
             raise
     first = subprocess.CompletedProcess(process.args, process.returncode, log.read_text(), "")
     seconds["first run (stopped by scancel)"] = time.monotonic() - started
-    servers = vllm_servers()
+    servers = vllm_servers(workdir)
 
     started = time.monotonic()
     second = subprocess.run(command, capture_output=True, text=True, env=env, cwd=workdir, timeout=1800)

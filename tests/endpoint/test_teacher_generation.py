@@ -1,4 +1,4 @@
-"""Teacher generation against a real vLLM server used as an external endpoint: resumption after kill -9
+"""Teacher generation against a real vLLM server used as an external endpoint (conftest.py beside this file): resumption after kill -9
 at random points, and faults injected by a proxy in front of the server."""
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import time
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import REPO, keyed_server, store_file
+from conftest import REPO, store_file
+from endpoint.conftest import API_KEY, API_KEY_ENV, SERVED_NAME
 from helpers.faultproxy import FaultProxy
 
 from mathsft.generate import ClientSettings, Sampling, sample
@@ -23,19 +24,12 @@ from mathsft.io import PROBLEM_SCHEMA, write_parquet
 from mathsft.serve import ManagedServer
 
 # Every test here samples from a real vLLM server.
-pytestmark = pytest.mark.e2e
+# One pytest-xdist worker runs this folder: its server (conftest.py) is started once.
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("endpoint")]
 
 MAX_TOKENS = 48
-API_KEY = "mathsft-test-key-5b1f"  # the endpoint demands it, like a hosted API would
 ROWS = [{"problem_id": f"{i:016x}", "source": "s", "problem": f"What is {i} + {2 * i}?", "answer": f"${3 * i}$"}
         for i in range(1, 7)]
-
-
-@pytest.fixture(scope="module")
-def endpoint(tmp_path_factory, student_dir):
-    """A real vLLM server (the student: small and quick) with the embedded default's CPU settings."""
-    with keyed_server(student_dir, tmp_path_factory.mktemp("server") / "server.log", API_KEY) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")
@@ -47,13 +41,13 @@ def shard(tmp_path_factory):
 
 def _generate_command(shard, output, endpoint, concurrency):
     return [sys.executable, str(REPO / "scripts" / "generate_sft_data.py"), "--shard", str(shard), "--output",
-            str(output), "--endpoint", endpoint.base_url, "--api_key_env", "MATHSFT_TEST_API_KEY", "--model", "m",
+            str(output), "--endpoint", endpoint.base_url, "--api_key_env", API_KEY_ENV, "--model", SERVED_NAME,
             "--samples_per_problem", "3",
             "--max_tokens", str(MAX_TOKENS), "--seed", "7", "--concurrency", str(concurrency)]
 
 
 def _run(command, **kwargs):
-    return subprocess.run(command, env=os.environ | {"MATHSFT_TEST_API_KEY": API_KEY}, **kwargs)
+    return subprocess.run(command, env=os.environ | {API_KEY_ENV: API_KEY}, **kwargs)
 
 
 def _texts(path):
@@ -62,7 +56,7 @@ def _texts(path):
 
 def test_a_wrong_api_key_fails_at_once_and_is_not_retried(endpoint):
     sampling = Sampling(samples_per_problem=1, temperature=0.6, top_p=0.95, max_tokens=4, seed=7)
-    records, summary = sample(ROWS[:2], endpoint.base_url, "m", "boxed_cot_v1", sampling,
+    records, summary = sample(ROWS[:2], endpoint.base_url, SERVED_NAME, "boxed_cot_v1", sampling,
                               ClientSettings(max_attempts=5, max_failed_fraction=1.0), api_key="wrong")
     assert records == [] and summary["failed"] == 2 and summary["elapsed_s"] < 5
 
@@ -84,7 +78,7 @@ def test_killed_generation_resumes_without_losing_or_repeating_samples(tmp_path,
         done = journal.read_text().count("\n") - 1 if journal.exists() else 0
         target = done + rng.randint(1, 3)
         proc = subprocess.Popen(_generate_command(shard, output, endpoint, concurrency=1),
-                                env=os.environ | {"MATHSFT_TEST_API_KEY": API_KEY},
+                                env=os.environ | {API_KEY_ENV: API_KEY},
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 120
         while proc.poll() is None and time.monotonic() < deadline:
@@ -108,13 +102,13 @@ def test_killed_generation_resumes_without_losing_or_repeating_samples(tmp_path,
 def test_injected_faults_are_retried_or_counted_and_never_stored(endpoint):
     # Short answers keep real requests well inside the timeout that the injected stalls run past.
     sampling = Sampling(samples_per_problem=3, temperature=0.6, top_p=0.95, max_tokens=8, seed=7)
-    clean, _ = sample(ROWS, endpoint.base_url, "m", "boxed_cot_v1", sampling, ClientSettings(concurrency=18),
+    clean, _ = sample(ROWS, endpoint.base_url, SERVED_NAME, "boxed_cot_v1", sampling, ClientSettings(concurrency=18),
                       api_key=API_KEY)
     expected = {(r["problem_id"], r["sample_index"]): r["response"] for r in clean}
     settings = ClientSettings(concurrency=18, request_timeout_s=10.0, max_attempts=4, backoff_base_s=0.05,
                               backoff_max_s=0.2, max_failed_fraction=1.0)
     with FaultProxy(endpoint.base_url.removesuffix("/v1"), fault_rate=0.5, stall_s=15.0, seed=3) as proxy:
-        records, summary = sample(ROWS, proxy.base_url, "m", "boxed_cot_v1", sampling, settings, api_key=API_KEY)
+        records, summary = sample(ROWS, proxy.base_url, SERVED_NAME, "boxed_cot_v1", sampling, settings, api_key=API_KEY)
     assert all(proxy.injected[fault] > 0 for fault in proxy.injected), proxy.injected
     assert summary["succeeded"] + summary["failed"] == summary["requested"] == 18
     assert summary["succeeded"] == len(records) >= 9
@@ -126,13 +120,13 @@ def test_injected_faults_are_retried_or_counted_and_never_stored(endpoint):
 
 def test_text_completions_of_the_chat_template_give_the_chat_apis_samples(endpoint, student_tokenizer):
     sampling = Sampling(samples_per_problem=2, temperature=0.6, top_p=0.95, max_tokens=16, seed=7)
-    chat, _ = sample(ROWS, endpoint.base_url, "m", "boxed_cot_v1", sampling, ClientSettings(concurrency=12),
+    chat, _ = sample(ROWS, endpoint.base_url, SERVED_NAME, "boxed_cot_v1", sampling, ClientSettings(concurrency=12),
                      api_key=API_KEY)
 
     def render(messages):
         return student_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    text, _ = sample(ROWS, endpoint.base_url, "m", "boxed_cot_v1", sampling, ClientSettings(concurrency=12),
+    text, _ = sample(ROWS, endpoint.base_url, SERVED_NAME, "boxed_cot_v1", sampling, ClientSettings(concurrency=12),
                      api_key=API_KEY, render=render)
     assert {r["api"] for r in chat} == {"chat"} and {r["api"] for r in text} == {"completions"}
     assert [r["prompt_tokens"] for r in text] == [r["prompt_tokens"] for r in chat]

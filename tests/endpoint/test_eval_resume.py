@@ -1,4 +1,4 @@
-"""Evaluation sampling against a real vLLM server used as an external endpoint: a run killed with kill -9 at
+"""Evaluation sampling against a real vLLM server used as an external endpoint (conftest.py beside this file): a run killed with kill -9 at
 random points resumes from its journal without losing or repeating samples."""
 
 from __future__ import annotations
@@ -13,15 +13,16 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO, keyed_server, store_file
+from conftest import REPO, store_file
+from endpoint.conftest import API_KEY, API_KEY_ENV, SERVED_NAME
 
 from mathsft.io import PROBLEM_SCHEMA, write_parquet
 
-pytestmark = pytest.mark.e2e
+# One pytest-xdist worker runs this folder: its server (conftest.py) is started once.
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("endpoint")]
 
 MAX_TOKENS = 48
 SAMPLES_PER_PROBLEM = 3
-API_KEY = "mathsft-test-key-9c2e"  # the endpoint demands it, like a hosted API would
 BENCHMARKS = {
     "sums": [{"problem_id": f"{i:016x}", "source": "s", "problem": f"What is {i} + {2 * i}?", "answer": f"${3 * i}$"}
              for i in range(1, 4)],
@@ -29,13 +30,6 @@ BENCHMARKS = {
                  for i in range(11, 14)],
 }
 TOTAL = sum(len(rows) for rows in BENCHMARKS.values()) * SAMPLES_PER_PROBLEM
-
-
-@pytest.fixture(scope="module")
-def endpoint(tmp_path_factory, student_dir):
-    """A real vLLM server (the student: small and quick) with the embedded default's CPU settings."""
-    with keyed_server(student_dir, tmp_path_factory.mktemp("server") / "server.log", API_KEY) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")
@@ -47,15 +41,15 @@ def benchmarks(tmp_path_factory):
 
 
 def _evaluate_command(benchmarks, output, endpoint, concurrency):
-    return [sys.executable, str(REPO / "scripts" / "run_sft_model.py"), "--no-score", "--model", "m",
+    return [sys.executable, str(REPO / "scripts" / "run_sft_model.py"), "--no-score", "--model", SERVED_NAME,
             "--label", "student", "--benchmarks", *map(str, benchmarks), "--output", str(output),
-            "--endpoint", endpoint.base_url, "--api_key_env", "MATHSFT_TEST_API_KEY",
+            "--endpoint", endpoint.base_url, "--api_key_env", API_KEY_ENV,
             "--samples_per_problem", str(SAMPLES_PER_PROBLEM), "--max_tokens", str(MAX_TOKENS), "--seed", "7",
             "--concurrency", str(concurrency)]
 
 
 def _env():
-    return os.environ | {"MATHSFT_TEST_API_KEY": API_KEY}
+    return os.environ | {API_KEY_ENV: API_KEY}
 
 
 def _journaled(output) -> int:

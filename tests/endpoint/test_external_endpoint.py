@@ -5,47 +5,28 @@ anywhere the run writes, Snakemake's own .snakemake/ included."""
 
 from __future__ import annotations
 
-import os
-import shutil
-
 import pyarrow.parquet as pq
 import pytest
-from conftest import TINY, keyed_server
+from conftest import TINY
+from endpoint.conftest import API_KEY, SERVED_NAME
 from helpers.workflow import edited_config, snakemake
 
-pytestmark = pytest.mark.e2e
-SERVED_NAME = "my-teacher"
-API_KEY = "mathsft-user-server-key-9c2e71"
+# One pytest-xdist worker runs this folder: its server (conftest.py) is started once.
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("endpoint")]
 OTHER_SECRET = "hf_mathsft_unrelated_token_41d0"  # a secret the user's environment holds: it must not leak either
 KEY_ENV = {"MATHSFT_TEST_TEACHER_KEY": API_KEY, "HF_TOKEN": OTHER_SECRET}
 TARGETS = ("results/teacher/00000.parquet", "results/teacher/00001.parquet", "results/eval/generations/teacher.parquet")
 
 
-@pytest.fixture(scope="module")
-def user_model(tmp_path_factory, student_dir):
-    """The user's model folder, at a path with a space and a quote (the small student stands in for the teacher)."""
-    folder = tmp_path_factory.mktemp("models") / "a user's models" / "teacher model"
-    shutil.copytree(student_dir, folder, copy_function=os.link)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def user_server(tmp_path_factory, user_model):
-    """What a user runs by hand: vLLM serving a model under another name, with a key."""
-    with keyed_server(user_model, tmp_path_factory.mktemp("user_server") / "server.log", API_KEY,
-                      served_model_name=SERVED_NAME) as server:
-        yield server
-
-
-def _config(tmp_path, user_server, model=SERVED_NAME):
+def _config(tmp_path, endpoint, model=SERVED_NAME):
     return edited_config(TINY, tmp_path / "external.yaml", **{
-        "teacher.endpoint": user_server.base_url, "teacher.model": model,
+        "teacher.endpoint": endpoint.base_url, "teacher.model": model,
         "teacher.api_key_env": "MATHSFT_TEST_TEACHER_KEY", "eval.models": ["teacher"], "eval.pass_k": [1]})
 
 
-def test_teacher_and_its_evaluation_run_through_a_server_the_user_started(tmp_path, user_server, user_model):
+def test_teacher_and_its_evaluation_run_through_a_server_the_user_started(tmp_path, endpoint, user_model):
     workdir = tmp_path / "run"
-    result = snakemake(workdir, _config(tmp_path, user_server), *TARGETS, timeout=1200, env=KEY_ENV)
+    result = snakemake(workdir, _config(tmp_path, endpoint), *TARGETS, timeout=1200, env=KEY_ENV)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "prepare_model" not in result.stdout + result.stderr  # the user's server holds the weights
     teacher = [r for k in (0, 1) for r in pq.read_table(workdir / f"results/teacher/{k:05d}.parquet").to_pylist()]
@@ -63,9 +44,9 @@ def test_teacher_and_its_evaluation_run_through_a_server_the_user_started(tmp_pa
     assert API_KEY not in result.stdout + result.stderr
 
 
-def test_a_name_the_users_server_does_not_serve_fails_the_job_naming_what_it_serves(tmp_path, user_server):
+def test_a_name_the_users_server_does_not_serve_fails_the_job_naming_what_it_serves(tmp_path, endpoint):
     workdir = tmp_path / "run"
-    result = snakemake(workdir, _config(tmp_path, user_server, model="teacher"), TARGETS[0], timeout=600,
+    result = snakemake(workdir, _config(tmp_path, endpoint, model="teacher"), TARGETS[0], timeout=600,
                        env=KEY_ENV)
     assert result.returncode != 0
     log = (workdir / "logs" / "teacher" / "00000.log").read_text()
