@@ -14,6 +14,35 @@ TINY = REPO / "tests" / "configs" / "tiny.yaml"
 EMBEDDED = ("qwen2.5-coder-0.5b-instruct", "smollm2-135m-instruct")
 # Converted models are kept between test runs on the same machine (conversion takes about two minutes).
 MODEL_CACHE = Path(os.environ.get("MATHSFT_TEST_MODELS", REPO / ".cache" / "models"))
+# Under pytest-xdist (pyproject.toml: two workers, whole files each) these go first, slowest first; the rest follow
+# in collection order. tests/endpoint/ goes to one worker as one unit: its files share one vLLM server.
+SLOWEST_FIRST = ("tests/test_slurm.py", "tests/test_pipeline.py", "tests/endpoint", "tests/test_train_run.py",
+                 "tests/test_signals.py", "tests/test_serve.py")
+
+
+def unit_of(nodeid: str) -> str:
+    """The scheduling unit of a test: its file, or tests/endpoint for the files there."""
+    path = nodeid.split("::", 1)[0]
+    return "tests/endpoint" if path.startswith("tests/endpoint/") else path
+
+
+def pytest_collection_modifyitems(config, items):
+    """The slowest units first, so that neither worker is left with a long one at the end."""
+    rank = {unit: place for place, unit in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(unit_of(item.nodeid), len(rank)))  # stable: files keep their order
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist's: unknown to pytest without it
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist's whole-file scheduling, with tests/endpoint/ as one unit (--dist loadgroup would say this with
+    marks, but pytest 9.2's node ids make it ignore them: pytest-xdist issue 1386)."""
+    from xdist.scheduler import LoadFileScheduling
+
+    class WholeUnits(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return unit_of(nodeid)
+
+    return WholeUnits(config, log)
 
 
 def converted_model(name: str) -> Path:

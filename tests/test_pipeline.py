@@ -16,8 +16,7 @@ from conftest import TINY
 from helpers.processes import vllm_servers
 from helpers.workflow import checkout, edited_config, planned_outputs, ran_jobs, snakemake
 
-# One pytest-xdist worker runs this file in order: the last tests rewrite files of the finished run.
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("pipeline")]
+pytestmark = pytest.mark.e2e
 # finished_run (conftest.py): the tiny config run to the end once per session; tests/test_slurm.py runs it
 # again through SLURM and compares.
 

@@ -88,7 +88,6 @@ def shipped_server(tmp_path_factory, student_dir):
 
 
 @pytest.mark.e2e  # starts a vLLM server
-@pytest.mark.xdist_group("shipped_server")  # one pytest-xdist worker: one server
 def test_the_shipped_cpu_server_settings_survive_a_wide_batch_of_seeded_requests(shipped_server):
     """vLLM's CPU backend crashed on seeded requests whose prefill was split across steps; the embedded
     default's server arguments must keep a wide batch alive (every request answered)."""
@@ -117,7 +116,6 @@ def _group_commands(pgid: int) -> list[bytes]:
 
 
 @pytest.mark.e2e  # starts a vLLM server
-@pytest.mark.xdist_group("shipped_server")  # one pytest-xdist worker: one server
 def test_a_managed_server_answers_only_its_own_key_which_never_reaches_argv_or_a_log(shipped_server, student_dir,
                                                                                         caplog):
     caplog.set_level(logging.INFO, logger="mathsft.serve")

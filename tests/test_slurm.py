@@ -29,8 +29,7 @@ from conftest import converted_model
 from helpers.processes import vllm_servers
 from helpers.workflow import REPO, edited_config
 
-# One pytest-xdist worker: the cluster is brought up once, for this file.
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("slurm")]
+pytestmark = pytest.mark.e2e
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
 PROFILE = REPO / "profiles" / "slurm"
 CLUSTER_SCRIPT = REPO / "tests" / "slurm" / "cluster.sh"

@@ -17,9 +17,8 @@ import pytest
 
 from helpers.sftdata import write_sft_set
 
-# Every test here starts a real training run; one pytest-xdist worker runs them in order (the exported model
-# the load test reads is the SIGKILL test's).
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("train_run")]
+# Every test here starts a real training run.
+pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[1]
 

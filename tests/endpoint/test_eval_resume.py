@@ -18,8 +18,7 @@ from endpoint.conftest import API_KEY, API_KEY_ENV, SERVED_NAME
 
 from mathsft.io import PROBLEM_SCHEMA, write_parquet
 
-# One pytest-xdist worker runs this folder: its server (conftest.py) is started once.
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("endpoint")]
+pytestmark = pytest.mark.e2e
 
 MAX_TOKENS = 48
 SAMPLES_PER_PROBLEM = 3

@@ -11,8 +11,7 @@ from conftest import TINY
 from endpoint.conftest import API_KEY, SERVED_NAME
 from helpers.workflow import edited_config, snakemake
 
-# One pytest-xdist worker runs this folder: its server (conftest.py) is started once.
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("endpoint")]
+pytestmark = pytest.mark.e2e
 OTHER_SECRET = "hf_mathsft_unrelated_token_41d0"  # a secret the user's environment holds: it must not leak either
 KEY_ENV = {"MATHSFT_TEST_TEACHER_KEY": API_KEY, "HF_TOKEN": OTHER_SECRET}
 TARGETS = ("results/teacher/00000.parquet", "results/teacher/00001.parquet", "results/eval/generations/teacher.parquet")

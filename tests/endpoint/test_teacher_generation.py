@@ -24,8 +24,7 @@ from mathsft.io import PROBLEM_SCHEMA, write_parquet
 from mathsft.serve import ManagedServer
 
 # Every test here samples from a real vLLM server.
-# One pytest-xdist worker runs this folder: its server (conftest.py) is started once.
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("endpoint")]
+pytestmark = pytest.mark.e2e
 
 MAX_TOKENS = 48
 ROWS = [{"problem_id": f"{i:016x}", "source": "s", "problem": f"What is {i} + {2 * i}?", "answer": f"${3 * i}$"}
