@@ -135,7 +135,7 @@ def finished_run(shared_root):
             for name in EMBEDDED:
                 shutil.copytree(converted_model(name), workdir / "results" / "base_models" / name,
                                 copy_function=os.link)
-            command = (f"{readme_command('bash setup.sh && ')}"
+            command = (f"{readme_command('bash setup.sh && . .venv/bin/activate')}"
                        f" --configfile {shlex.quote(str(checkout() / TINY.relative_to(REPO)))}"
                        f" --directory {shlex.quote(str(workdir))}")
             env = {name: value for name, value in os.environ.items() if name not in ("VIRTUAL_ENV", "PYTHONPATH")}
