@@ -14,7 +14,7 @@ TINY = REPO / "tests" / "configs" / "tiny.yaml"
 EMBEDDED = ("qwen2.5-coder-0.5b-instruct", "smollm2-135m-instruct")
 # Converted models are kept between test runs on the same machine (conversion takes about two minutes).
 MODEL_CACHE = Path(os.environ.get("MATHSFT_TEST_MODELS", REPO / ".cache" / "models"))
-# Under pytest-xdist (pyproject.toml: three workers, whole files each) these go first, slowest first; the rest follow
+# Under pytest-xdist (pyproject.toml: two workers, whole files each) these go first, slowest first; the rest follow
 # in collection order. tests/endpoint/ goes to one worker as one unit: its files share one vLLM server.
 SLOWEST_FIRST = ("tests/test_slurm.py", "tests/test_pipeline.py", "tests/endpoint", "tests/test_train_run.py",
                  "tests/test_signals.py", "tests/test_serve.py")
