@@ -1,4 +1,5 @@
-"""Shared fixtures: the embedded models, converted once per machine by the pipeline's own script."""
+"""Shared fixtures (the embedded models, converted once per machine by the pipeline's own script; the checkout and
+the finished run every worker shares) and how pytest-xdist deals the test files out."""
 
 from __future__ import annotations
 
