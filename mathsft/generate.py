@@ -1,5 +1,7 @@
 """Sampling from an OpenAI-compatible server: an async client with bounded concurrency, per-request seeds,
-retries with backoff on transient failures. Shared by teacher generation and evaluation."""
+retries with backoff on transient failures. Shared by teacher generation and evaluation. A server's reply is
+outside input: each is bounded in time (request_timeout_s, for the whole request) and size (by the max_tokens
+asked for), and checked for shape, encoding and consistency before it becomes a sample (read_reply)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import logging
 import os
 import random
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -53,6 +56,116 @@ class GenerationFailed(RuntimeError):
     """More samples failed than the configured fraction allows."""
 
 
+class MalformedReply(ValueError):
+    """A reply that is not a completion of what was asked (too large, not UTF-8 JSON, no single choice, no text
+    or usage, a text longer than its tokens can be...): never stored, and retried like a transient fault."""
+
+
+# The most bytes one generated token may take in a reply's JSON: twice the longest token of the embedded models'
+# vocabularies (Qwen2's, 128 bytes), so escapes fit too. A reply may hold max_tokens of them, plus its envelope.
+REPLY_BYTES_PER_TOKEN = 256
+REPLY_ENVELOPE_BYTES = 64 * 1024
+FINISH_REASONS = ("stop", "length")
+
+
+def reply_byte_limit(max_tokens: int) -> int:
+    """The largest reply body read for a request of `max_tokens`: a larger one is cut off as malformed, so memory
+    stays within concurrency x this, whatever a server sends."""
+    return REPLY_ENVELOPE_BYTES + max_tokens * REPLY_BYTES_PER_TOKEN
+
+
+@dataclass(frozen=True)
+class Reply:
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def _count(usage: dict, key: str) -> int:
+    value = usage.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise MalformedReply(f"usage.{key} is {value!r}, not a count")
+    return value
+
+
+def read_reply(body: bytes, api: str, max_tokens: int) -> Reply:
+    """The completion in a reply body (a chat or text completion with n=1), or MalformedReply saying what is
+    wrong with it."""
+    try:
+        document = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise MalformedReply(f"reply is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except (ValueError, RecursionError):
+        raise MalformedReply(f"reply is not JSON: {body[:60]!r}") from None
+    choices = document.get("choices") if isinstance(document, dict) else None
+    if not isinstance(choices, list) or len(choices) != 1 or not isinstance(choices[0], dict):
+        raise MalformedReply(f"reply has {len(choices) if isinstance(choices, list) else 'no'} choices, not one")
+    choice = choices[0]
+    if api == "chat":
+        message = choice.get("message")
+        text = message.get("content") if isinstance(message, dict) else None
+    else:
+        text = choice.get("text")
+    if not isinstance(text, str):
+        raise MalformedReply(f"reply's choice has no text ({'message.content' if api == 'chat' else 'text'} is "
+                             f"{type(text).__name__})")
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise MalformedReply("reply's text holds a lone surrogate (\\ud800-\\udfff): no UTF-8 text") from None
+    if choice.get("finish_reason") not in FINISH_REASONS:
+        raise MalformedReply(f"reply's finish_reason is {choice.get('finish_reason')!r}, not one of {FINISH_REASONS}")
+    usage = document.get("usage")
+    if not isinstance(usage, dict):
+        raise MalformedReply("reply has no usage")
+    prompt_tokens, completion_tokens = _count(usage, "prompt_tokens"), _count(usage, "completion_tokens")
+    if completion_tokens > max_tokens:
+        raise MalformedReply(f"reply reports {completion_tokens} completion tokens; {max_tokens} were asked for")
+    if size > completion_tokens * REPLY_BYTES_PER_TOKEN:
+        raise MalformedReply(f"reply's text ({size} bytes) is longer than its {completion_tokens} completion "
+                             f"tokens can be")
+    return Reply(text, choice["finish_reason"], prompt_tokens, completion_tokens)
+
+
+def _bounded_http_client(limit: int):
+    """The openai client's default HTTP client, reading at most `limit` bytes of any reply (error replies too):
+    past that, the body raises MalformedReply."""
+    import httpx2 as httpx  # the HTTP library the locked openai client is built on
+    import openai
+    from openai._constants import DEFAULT_CONNECTION_LIMITS
+
+    class BoundedBody(httpx.AsyncByteStream):
+        def __init__(self, stream):
+            self._stream = stream
+
+        async def __aiter__(self):
+            received = 0
+            async for chunk in self._stream:
+                received += len(chunk)
+                if received > limit:
+                    raise MalformedReply(f"reply is larger than {limit} bytes, the most a reply of the max_tokens "
+                                         f"asked for can be")
+                yield chunk
+
+        async def aclose(self) -> None:
+            await self._stream.aclose()
+
+    class BoundedTransport(httpx.AsyncBaseTransport):
+        def __init__(self):
+            self._inner = httpx.AsyncHTTPTransport(limits=DEFAULT_CONNECTION_LIMITS)
+
+        async def handle_async_request(self, request):
+            response = await self._inner.handle_async_request(request)
+            return httpx.Response(response.status_code, headers=response.headers, stream=BoundedBody(response.stream),
+                                  extensions=response.extensions)
+
+        async def aclose(self) -> None:
+            await self._inner.aclose()
+
+    return openai.DefaultAsyncHttpxClient(transport=BoundedTransport())
+
+
 def derive_request_seed(base_seed: int, problem_id: str, sample_index: int) -> int:
     """A per-request seed from (base seed, problem, sample): stable under resumption and reordering."""
     digest = hashlib.sha256(f"{base_seed}:{problem_id}:{sample_index}".encode()).digest()
@@ -62,35 +175,40 @@ def derive_request_seed(base_seed: int, problem_id: str, sample_index: int) -> i
 def _is_transient(exc: BaseException) -> bool:
     import openai
 
-    if isinstance(exc, (openai.APIConnectionError, openai.APITimeoutError, asyncio.TimeoutError)):
+    if isinstance(exc, (openai.APIConnectionError, openai.APITimeoutError, TimeoutError)):
         return True
     if isinstance(exc, openai.APIStatusError):
         return exc.status_code in (408, 409, 429) or exc.status_code >= 500
-    # A reply that does not parse as the API's JSON is a transient server fault, not a response.
-    return isinstance(exc, (json.JSONDecodeError, openai.APIResponseValidationError))
+    # A reply that is not a completion of what was asked is a server fault, not a response.
+    return isinstance(exc, MalformedReply)
 
 
-async def _request(client, served_model_name, messages, render, sampling, request_seed, settings
-                   ) -> tuple[str, Any, Any]:
-    """One chat completion, or one text completion of the locally rendered prompt when `render` is given;
-    returns (text, finish_reason, usage)."""
+async def _request(client, served_model_name, messages, render, sampling, request_seed, settings) -> Reply:
+    """One chat completion, or one text completion of the locally rendered prompt when `render` is given, within
+    request_timeout_s from the first byte sent to the last received (a server trickling its reply is cut off)."""
+    import openai
+
     common = dict(model=served_model_name, temperature=sampling.temperature, top_p=sampling.top_p,
                   max_tokens=sampling.max_tokens, seed=request_seed, n=1, timeout=settings.request_timeout_s,
                   extra_body={"ignore_eos": True} if sampling.ignore_eos else None)
-    if render is None:
-        reply = await client.chat.completions.create(messages=messages, **common)
-        text = reply.choices[0].message.content
-    else:
-        reply = await client.completions.create(prompt=render(messages), **common)
-        text = reply.choices[0].text
-    if text is None or reply.usage is None:
-        raise ValueError("reply has no text or no usage")
-    return text, reply.choices[0].finish_reason, reply.usage
+    try:
+        async with asyncio.timeout(settings.request_timeout_s):
+            if render is None:
+                raw = await client.chat.completions.with_raw_response.create(messages=messages, **common)
+            else:
+                raw = await client.completions.with_raw_response.create(prompt=render(messages), **common)
+    except TimeoutError:
+        raise TimeoutError(f"no whole reply within request_timeout_s ({settings.request_timeout_s:g} s)") from None
+    except openai.APIConnectionError as exc:
+        if isinstance(exc.__cause__, MalformedReply):  # the body was cut off by _bounded_http_client
+            raise exc.__cause__ from None
+        raise
+    return read_reply(raw.http_response.content, "chat" if render is None else "completions", sampling.max_tokens)
 
 
 async def _sample_one(client, semaphore, served_model_name: str, model_id: str, row_index: int, row: dict,
                       sample_index: int, prompt_template: str, sampling: Sampling, settings: ClientSettings,
-                      render) -> dict[str, Any]:
+                      render, retried: Counter) -> dict[str, Any]:
     messages = build_messages(row["problem"], prompt_template)
     request_seed = derive_request_seed(sampling.seed, row["problem_id"], sample_index)
     record = dict(row) | {
@@ -104,33 +222,35 @@ async def _sample_one(client, semaphore, served_model_name: str, model_id: str, 
         for attempt in range(1, settings.max_attempts + 1):
             started = time.monotonic()
             try:
-                text, finish_reason, usage = await _request(client, served_model_name, messages, render, sampling,
-                                                            request_seed, settings)
+                reply = await _request(client, served_model_name, messages, render, sampling, request_seed, settings)
                 return record | {
-                    "response": text, "finish_reason": finish_reason,
-                    "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+                    "response": reply.text, "finish_reason": reply.finish_reason,
+                    "prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens,
                     "latency_s": time.monotonic() - started, "error": None,
                 }
             except Exception as exc:  # classified below; never stored as a response
                 if not _is_transient(exc) or attempt == settings.max_attempts:
                     log.warning("sample %s/%d failed after %d attempt(s): %r", row["problem_id"], sample_index, attempt, exc)
                     return record | {"error": f"{type(exc).__name__}: {exc}"}
+                retried[type(exc).__name__] += 1
+                log.info("sample %s/%d: attempt %d failed, asking again: %r", row["problem_id"], sample_index, attempt, exc)
                 delay = min(settings.backoff_max_s, settings.backoff_base_s * 2 ** (attempt - 1))
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # jitter spreads retries of a burst
     raise AssertionError("unreachable")
 
 
 async def _sample_all(base_url, api_key, served_model_name, model_id, rows, todo, prompt_template, sampling, settings,
-                      check_alive, progress, render):
+                      check_alive, progress, render, retried):
     import openai
 
     # Our own retry loop counts failures; the client's built-in retries would hide them.
     client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "EMPTY", max_retries=0,
-                                timeout=settings.request_timeout_s)
+                                timeout=settings.request_timeout_s,
+                                http_client=_bounded_http_client(reply_byte_limit(sampling.max_tokens)))
     semaphore = asyncio.Semaphore(settings.concurrency)
     tasks = [
         asyncio.ensure_future(_sample_one(client, semaphore, served_model_name, model_id, i, rows[i], k,
-                                          prompt_template, sampling, settings, render))
+                                          prompt_template, sampling, settings, render, retried))
         for i, k in todo
     ]
     results = []
@@ -188,6 +308,7 @@ def sample(rows: list[dict], base_url: str, served_model_name: str, prompt_templ
     started = time.monotonic()
     bar = tqdm(total=total, initial=total - len(todo), desc="samples", unit="req", mininterval=5.0)
     tokens = 0
+    retried: Counter = Counter()  # failed attempts that were asked again, by exception type
 
     def progress(record):
         nonlocal tokens
@@ -200,7 +321,7 @@ def sample(rows: list[dict], base_url: str, served_model_name: str, prompt_templ
     try:
         results = asyncio.run(
             _sample_all(base_url, api_key, served_model_name, model_id or served_model_name, rows, todo,
-                        prompt_template, sampling, settings, check_alive, progress, render)
+                        prompt_template, sampling, settings, check_alive, progress, render, retried)
         ) if todo else []
     finally:
         bar.close()
@@ -216,6 +337,7 @@ def sample(rows: list[dict], base_url: str, served_model_name: str, prompt_templ
         "elapsed_s": round(elapsed, 2),
         "completion_tokens": tokens, "output_tokens_per_s": round(tokens / max(elapsed, 1e-9), 2),
         "finish_length": sum(r["finish_reason"] == "length" for r in ok),
+        "retried": dict(sorted(retried.items())),
     }
     if total and len(failed) / total > settings.max_failed_fraction:
         raise GenerationFailed(

@@ -1,8 +1,13 @@
+import asyncio
+import json
+import re
+
 import httpx
+import httpx2
 import openai
 import pytest
 
-from mathsft.generate import _is_transient, derive_request_seed
+from mathsft.generate import MalformedReply, Reply, _is_transient, derive_request_seed, read_reply, reply_byte_limit
 
 
 def test_request_seeds_are_stable_and_distinct_per_problem_and_sample():
@@ -33,3 +38,67 @@ def test_connection_failures_are_retried_and_programming_errors_are_not():
     assert _is_transient(openai.APIConnectionError(request=request))
     assert _is_transient(openai.APITimeoutError(request=request))
     assert not _is_transient(KeyError("choices"))
+
+
+def _reply(**changes) -> dict:
+    reply = {"id": "c", "object": "chat.completion", "model": "m",
+             "choices": [{"index": 0, "message": {"role": "assistant", "content": "The answer is $4$."},
+                          "finish_reason": "stop"}],
+             "usage": {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19}}
+    return reply | changes
+
+
+def test_a_well_formed_reply_gives_its_text_finish_reason_and_token_counts():
+    reply = read_reply(json.dumps(_reply()).encode(), "chat", max_tokens=8)
+    assert reply == Reply("The answer is $4$.", "stop", 12, 7)
+    text = _reply(choices=[{"index": 0, "text": "4", "finish_reason": "length"}])
+    assert read_reply(json.dumps(text).encode(), "completions", max_tokens=8) == Reply("4", "length", 12, 7)
+
+
+CHOICE = _reply()["choices"][0]
+MALFORMED = [
+    (b"<html>busy</html>", "not JSON"),
+    (json.dumps(_reply()).encode().replace(b"The", b"\xffThe"), "not UTF-8"),
+    (json.dumps(_reply()).encode().replace(b"The", b"\\ud800The"), "lone surrogate"),
+    (json.dumps(_reply(choices=[])).encode(), "0 choices, not one"),
+    (json.dumps(_reply(choices=[CHOICE, CHOICE])).encode(), "2 choices, not one"),
+    (json.dumps(_reply(choices=[CHOICE | {"message": {"content": None}}])).encode(), "no text"),
+    (json.dumps(_reply(choices=[CHOICE | {"finish_reason": "abort"}])).encode(), "finish_reason is 'abort'"),
+    (json.dumps({k: v for k, v in _reply().items() if k != "usage"}).encode(), "no usage"),
+    (json.dumps(_reply(usage={"prompt_tokens": 12, "completion_tokens": True})).encode(), "completion_tokens is True"),
+    (json.dumps(_reply(usage={"prompt_tokens": 12, "completion_tokens": 9})).encode(), "9 completion tokens; 8 were"),
+    (json.dumps(_reply(choices=[CHOICE | {"message": {"content": "x" * 2000}}])).encode(),
+     "text (2000 bytes) is longer than its 7 completion tokens"),
+    (b"[1, 2]", "no choices"),
+]
+
+
+@pytest.mark.parametrize("body, message", MALFORMED, ids=[message for _, message in MALFORMED])
+def test_a_malformed_reply_is_refused_saying_why_and_retried(body, message):
+    with pytest.raises(MalformedReply, match=re.escape(message)) as refused:
+        read_reply(body, "chat", max_tokens=8)
+    assert _is_transient(refused.value)
+
+
+def test_a_reply_larger_than_its_max_tokens_allow_is_cut_off_as_it_arrives():
+    """The body is read through a byte limit: a server's 20 MB answer to max_tokens 8 is never held whole."""
+    sent = []
+
+    def handler(request):
+        async def body():
+            for _ in range(20_000):
+                sent.append(1000)
+                yield b"x" * 1000
+        return httpx2.Response(200, content=body())
+
+    async def read():
+        import mathsft.generate as generate
+
+        client = generate._bounded_http_client(reply_byte_limit(8))
+        client._transport._inner = httpx2.MockTransport(handler)
+        async with client:
+            return await client.get("http://server/v1/chat/completions")
+
+    with pytest.raises(MalformedReply, match=f"larger than {reply_byte_limit(8)} bytes"):
+        asyncio.run(read())
+    assert sum(sent) <= reply_byte_limit(8) + 1000

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from conftest import REPO, store_file
 from endpoint.conftest import API_KEY, API_KEY_ENV, SERVED_NAME
-from helpers.faultproxy import FaultProxy
+from helpers.faultproxy import HOSTILE_REPLIES, FaultProxy
 
 from mathsft.generate import ClientSettings, Sampling, sample
 from mathsft.io import PROBLEM_SCHEMA, write_parquet
@@ -115,6 +115,27 @@ def test_injected_faults_are_retried_or_counted_and_never_stored(endpoint):
         assert record["response"] == expected[(record["problem_id"], record["sample_index"])]
     text = json.dumps(records)
     assert "injected" not in text
+
+
+@pytest.mark.parametrize("api", ["chat", "completions"])
+def test_every_hostile_reply_is_retried_and_counted_and_never_stored(endpoint, student_tokenizer, api):
+    """Each reply of HOSTILE_REPLIES once, to the first requests; every sample is then asked again and gets the
+    real server's answer. The trickled reply is cut off at request_timeout_s, the 20 MB one after the bytes its
+    max_tokens allows."""
+    render = None if api == "chat" else (
+        lambda messages: student_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+    sampling = Sampling(samples_per_problem=1, temperature=0.6, top_p=0.95, max_tokens=8, seed=7)
+    clean, _ = sample(ROWS, endpoint.base_url, SERVED_NAME, "boxed_cot_v1", sampling, ClientSettings(concurrency=6),
+                      api_key=API_KEY, render=render)
+    settings = ClientSettings(concurrency=6, request_timeout_s=5.0, max_attempts=3, backoff_base_s=0.05,
+                              backoff_max_s=0.2)
+    with FaultProxy(endpoint.base_url.removesuffix("/v1"), hostile=tuple(HOSTILE_REPLIES)) as proxy:
+        records, summary = sample(ROWS, proxy.base_url, SERVED_NAME, "boxed_cot_v1", sampling, settings,
+                                  api_key=API_KEY, render=render)
+    assert proxy.injected == {fault: 0 for fault in proxy.injected} | {name: 1 for name in HOSTILE_REPLIES}
+    assert summary["retried"] == {"MalformedReply": len(HOSTILE_REPLIES) - 1, "TimeoutError": 1}, summary
+    assert summary["elapsed_s"] < 60  # the trickled reply alone would take minutes
+    assert [(r["problem_id"], r["response"]) for r in records] == [(r["problem_id"], r["response"]) for r in clean]
 
 
 def test_text_completions_of_the_chat_template_give_the_chat_apis_samples(endpoint, student_tokenizer):
