@@ -5,8 +5,8 @@ it on local copies of the hub datasets (fetched by the real `datasets.load_datas
 from __future__ import annotations
 
 import json
+import os
 import shutil
-import subprocess
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -16,7 +16,7 @@ import yaml
 from helpers.hubdata import AIME_PROBLEM, CATALOG_REVISIONS, write_hub_copies
 from mathsft import data, sources
 from mathsft.io import BENCHMARK_SCHEMA, read_parquet, write_parquet
-from helpers.workflow import REPO, SNAKEMAKE, checkout, planned_outputs, snakemake
+from helpers.workflow import REPO, SNAKEMAKE, checkout, cli_process, planned_outputs, snakemake
 
 
 def spec(name="set", **entry):
@@ -275,8 +275,8 @@ def test_a_broken_catalog_entry_is_refused_when_the_dag_is_built_naming_dataset_
     (copy / "config" / "datasets.yaml").write_text(yaml.safe_dump(catalog))
     del config["data"]["datasets"]["minerva"], config["data"]["datasets"]["aime24"]
     configfile.write_text(yaml.safe_dump(config))
-    result = subprocess.run([*SNAKEMAKE, "-s", str(copy / "Snakefile"), "--directory", str(workdir), "--configfile",
-                             str(configfile), "-n", "results/eval.json"], capture_output=True, text=True, timeout=300)
+    result = cli_process([*SNAKEMAKE, "-s", str(copy / "Snakefile"), "--directory", str(workdir), "--configfile",
+                          str(configfile), "-n", "results/eval.json"], cwd=tmp_path, env=dict(os.environ), timeout=300)
     assert result.returncode != 0
     output = result.stdout + result.stderr
     assert "data.datasets.aime24.split: 2024 is not of type 'string'" in output

@@ -6,12 +6,14 @@ import contextlib
 import fcntl
 import functools
 import importlib.util
+import multiprocessing
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import traceback
 from pathlib import Path
 
 import yaml
@@ -68,13 +70,66 @@ def checkout() -> Path:
 def snakemake(workdir: Path, configfile: Path, *args: str, timeout: float = 1800,
               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run Snakemake on the Snakefile of checkout() in `workdir` with `configfile` and the local profile
-    (`env`: variables added to the environment)."""
+    (`env`: variables added to the environment): `python -m snakemake ...` as a user runs it, started by
+    cli_process()."""
     env = dict(os.environ) | (env or {})
     # Jobs run `python`: the one these tests run under, whatever PATH the caller had.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     command = [*SNAKEMAKE, "-s", str(checkout() / "Snakefile"), "--directory", str(workdir), "--configfile",
                str(configfile), "--profile", str(checkout() / "profiles" / "local"), *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=checkout())
+    return cli_process(command, cwd=checkout(), env=env, timeout=timeout)
+
+
+@functools.cache
+def _preloaded_forks() -> multiprocessing.context.BaseContext:
+    """A fork server that has imported Snakemake's CLI once (2.5 s of imports: its persistence layer, pandas for
+    the SLURM plugin), from which each run forks."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["snakemake.cli"])
+    return context
+
+
+def cli_process(command: list[str], cwd: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    """subprocess.run(command, capture_output=True, text=True, ...) for `python -m snakemake` command lines:
+    the same CLI, argv, folder and environment in a process of its own, forked from _preloaded_forks() instead
+    of importing Snakemake again. Its jobs are new processes, as with subprocess.run."""
+    assert command[:3] == SNAKEMAKE, command
+    with tempfile.TemporaryDirectory(prefix="snakemake-cli-") as folder:
+        stdout, stderr = Path(folder) / "stdout", Path(folder) / "stderr"
+        process = _preloaded_forks().Process(target=_run_cli, args=(command, str(cwd), env, str(stdout), str(stderr)))
+        process.start()
+        process.join(timeout)
+        if process.exitcode is None:
+            process.kill()
+            process.join()
+            raise subprocess.TimeoutExpired(command, timeout, stdout.read_text(), stderr.read_text())
+        return subprocess.CompletedProcess(command, process.exitcode, stdout.read_text(errors="replace"),
+                                           stderr.read_text(errors="replace"))
+
+
+def _run_cli(command: list[str], cwd: str, env: dict[str, str], stdout: str, stderr: str) -> None:
+    """In the forked process: what `python -m snakemake` does with `command`, its output in files, its exit code
+    the process's."""
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(env)
+    for fd, path in ((1, stdout), (2, stderr)):
+        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+    sys.argv = [sys.argv[0], *command[3:]]
+    code = 0
+    try:
+        from snakemake.cli import main
+        main()
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 1
+        if isinstance(stop.code, str):
+            print(stop.code, file=sys.stderr)
+    except BaseException:  # what the interpreter does with an uncaught exception
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 # How Snakemake announces a job, planned or run: "rule teacher:", "localrule report:", "checkpoint curate:".
