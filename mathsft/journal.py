@@ -3,21 +3,29 @@ everything that decides a sample but how many are drawn), an append-only journal
 job resumes from it without losing or repeating samples, and it stays after the output is complete: a rerun
 that asks for more samples per problem requests only the new indices, one that asks for fewer requests
 nothing, and switching a setting back reuses what was sampled under it. It lives in a `.samples` folder
-beside the output, never a declared output (Snakemake deletes those before a rerun)."""
+beside the output, never a declared output (Snakemake deletes those before a rerun).
+
+A stored line is outside input too: it is used only when it matches its output's row (problem id, problem,
+answer...), the store's model and the max_tokens asked for; one that does not is skipped, counted and sampled
+again. One job at a time samples an output: it holds the output's lock (hold_output) until it exits."""
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import re
+import socket
 import time
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
+from mathsft.generate import REPLY_BYTES_PER_TOKEN, reply_byte_limit
 from mathsft.io import TRAJECTORY_SCHEMA, fsync_parent
 
 log = logging.getLogger(__name__)
@@ -26,6 +34,36 @@ VERSION = 1
 # sample's may (served_model_name, for one).
 _NOT_NULL = ("row_index", "sample_index", "response")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+HEADER_BYTES = 1 << 20  # a header holds a fingerprint: a few hundred bytes
+
+
+class StoreInUse(SystemExit):
+    """Another process samples this output (it holds the output's lock): the job stops with this message."""
+
+
+_HELD: dict[Path, int] = {}  # lock file -> open descriptor, held until this process exits
+
+
+def hold_output(output: str | os.PathLike) -> None:
+    """Lock the sample store of `output` for the rest of this process, or raise StoreInUse naming the process that
+    holds it (a job left running by a killed Snakemake, or a second run beside the first). The lock is a flock on
+    .samples/{output stem}.lock: the kernel drops it when its holder exits, however it ends."""
+    output = Path(output)
+    lock = output.parent / ".samples" / f"{output.stem}.lock"
+    if lock in _HELD:
+        return
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 200, 0).decode("utf-8", errors="replace").strip() or "a process"
+        os.close(fd)
+        raise StoreInUse(f"{output} is being sampled by another job ({holder}), which holds {lock}; it may be one "
+                         f"that a killed Snakemake left running: wait for it to end or stop it, then run again") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+    _HELD[lock] = fd
 
 
 def store_path(output: str | os.PathLike, fingerprint: dict[str, Any]) -> Path:
@@ -84,72 +122,115 @@ class Journal:
     A record must hold every field of `schema` (the output it ends up in); one that does not is skipped."""
 
     def __init__(self, path: str | os.PathLike, fingerprint: dict[str, Any], fsync_every_s: float = 1.0,
-                 schema: pa.Schema = TRAJECTORY_SCHEMA):
+                 schema: pa.Schema = TRAJECTORY_SCHEMA, rows: list[dict] | None = None):
+        """`rows`: the output's problem rows; a record is used only if it holds its row's fields unchanged."""
         self.path = Path(path)
         self.fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True))
         self.fsync_every_s = fsync_every_s
         self.schema = schema
+        self.rows = rows
         self.skipped = 0  # unreadable record lines found by the last load()
         self._file = None
         self._last_sync = 0.0
 
     def load(self) -> dict[tuple[int, int], dict]:
         """Finished records from an earlier run (first of any duplicate kept). Unreadable lines (torn by a kill,
-        damaged bytes, missing or mistyped fields) are skipped and counted in `skipped`: those samples are
-        requested again. The journal is rewritten with only the records returned."""
+        damaged bytes, missing or mistyped fields) and records that do not match their row, the store's model or
+        its max_tokens are skipped and counted in `skipped`: those samples are requested again. Only a journal
+        holding such lines (or duplicates) is rewritten, with the records returned."""
         self.skipped = 0
         if not self.path.exists():
             return {}
-        lines = self.path.read_bytes().split(b"\n")
-        try:
-            header = json.loads(lines[0].decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError):
-            header = None
-        readable = isinstance(header, dict)
-        if not readable or header.get("journal") != VERSION or header.get("fingerprint") != self.fingerprint:
-            stale = self.path.with_name(self.path.name + f".stale-{int(time.time())}")
-            os.replace(self.path, stale)
-            why = "was written under other settings" if readable else "has an unreadable header"
-            log.warning("journal %s %s; set aside as %s", self.path, why, stale.name)
-            return {}
         records: dict[tuple[int, int], dict] = {}
         problems = []
-        for number, raw in enumerate(lines[1:], start=2):
-            if not raw:
-                continue
+        lines = 0
+        with open(self.path, "rb") as f:
+            header_line = f.readline(HEADER_BYTES)
             try:
-                record = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError:
-                problem = "not UTF-8"
-            except (ValueError, RecursionError):
-                problem = "not JSON (torn by a kill?)"
-            else:
-                problem = _record_problem(record, self.schema)
-            if problem is not None:
-                problems.append(f"line {number}: {problem}")
-                continue
-            records.setdefault((record["row_index"], record["sample_index"]), record)
+                header = json.loads(header_line.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError, RecursionError):
+                header = None
+            readable = isinstance(header, dict)
+            if not readable or header.get("journal") != VERSION or header.get("fingerprint") != self.fingerprint:
+                f.close()
+                stale = self.path.with_name(self.path.name + f".stale-{int(time.time())}")
+                os.replace(self.path, stale)
+                why = "was written under other settings" if readable else "has an unreadable header"
+                log.warning("journal %s %s; set aside as %s", self.path, why, stale.name)
+                return {}
+            ends_clean = header_line.endswith(b"\n")
+            for number, raw in enumerate(_bounded_lines(f, self._line_limit()), start=2):
+                lines += 1
+                ends_clean = raw is None or raw.endswith(b"\n")
+                problem = "longer than a sample of this store can be" if raw is None else None
+                if raw is not None:
+                    try:
+                        record = json.loads(raw.decode("utf-8"))
+                    except UnicodeDecodeError:
+                        problem = "not UTF-8"
+                    except (ValueError, RecursionError):
+                        problem = "not JSON (torn by a kill?)"
+                    else:
+                        problem = _record_problem(record, self.schema) or self._mismatch(record)
+                if problem is not None:
+                    problems.append(f"line {number}: {problem}")
+                    continue
+                records.setdefault((record["row_index"], record["sample_index"]), record)
         self.skipped = len(problems)
         if problems:
-            log.warning("journal %s: %d unreadable line(s) skipped, their samples are requested again (%s%s)",
+            log.warning("journal %s: %d line(s) skipped, their samples are requested again (%s%s)",
                         self.path, len(problems), "; ".join(problems[:3]), "; ..." if len(problems) > 3 else "")
-        log.info("journal %s: resuming with %d finished samples (%d unreadable lines skipped)", self.path,
-                 len(records), self.skipped)
-        self._rewrite(records)  # keep only good records, so appends start on a clean line
+        log.info("journal %s: resuming with %d finished samples (%d lines skipped)", self.path, len(records),
+                 self.skipped)
+        if problems or len(records) < lines or not ends_clean:
+            self._rewrite(records)  # only good records, so that appends start on a clean line
         return records
+
+    def _line_limit(self) -> int:
+        """The most bytes a record line of this store can take: a reply's text at max_tokens, escaped, plus the row
+        (twice: its fields and the prompt messages) and the sample's fields."""
+        row_bytes = max((len(json.dumps(row)) for row in self.rows), default=0) if self.rows is not None else 1 << 20
+        return reply_byte_limit(int(self.fingerprint.get("max_tokens") or 1 << 16)) + 4 * row_bytes
+
+    def _mismatch(self, record: dict) -> str | None:
+        """Why a well-formed record is not a sample of this store's rows and model, or None."""
+        model = self.fingerprint.get("model")
+        if model is not None and record["model"] != model:
+            return f"model {str(record['model'])[:60]!r} is not the store's {model!r}"
+        max_tokens, tokens = self.fingerprint.get("max_tokens"), record.get("completion_tokens")
+        if tokens is not None:
+            if max_tokens is not None and tokens > max_tokens:
+                return f"{tokens} completion tokens, above max_tokens {max_tokens}"
+            if len(record["response"].encode("utf-8")) > tokens * REPLY_BYTES_PER_TOKEN:
+                return f"a response longer than its {tokens} completion tokens can be"
+        if self.rows is not None:
+            index = record["row_index"]
+            if index >= len(self.rows):
+                return f"row_index {index}, past the output's {len(self.rows)} rows"
+            differing = [key for key, value in self.rows[index].items() if record.get(key) != value]
+            if differing:
+                return f"{', '.join(differing)} differ from row {index}'s"
+        return None
 
     def _header_line(self) -> str:
         return json.dumps({"journal": VERSION, "fingerprint": self.fingerprint}) + "\n"
 
     def _rewrite(self, records: dict[tuple[int, int], dict]) -> None:
+        """Replace the journal by one holding `records`, through a temporary file that a failed write removes."""
         tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(self._header_line())
-            for key in sorted(records):
-                f.write(json.dumps(records[key]) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(self._header_line())
+                for key in sorted(records):
+                    f.write(json.dumps(records[key]) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            hint = ": free some space and run again" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+            raise OSError(exc.errno, f"could not rewrite the sample store {self.path} without its damaged lines "
+                                     f"({exc.strerror}){hint}; it is unchanged") from exc
         fsync_parent(self.path)  # the rename itself survives a crash of the node
 
     def append(self, record: dict) -> None:
@@ -180,3 +261,18 @@ class Journal:
         """Delete the journal (the pipeline keeps it: see the module's docstring)."""
         self.close()
         self.path.unlink(missing_ok=True)
+
+
+def _bounded_lines(f, limit: int):
+    """The lines of binary file `f` (each with its newline, the last maybe without), reading at most `limit` bytes
+    of any one line: a longer line is read through and given as None."""
+    while True:
+        line = f.readline(limit + 1)
+        if not line:
+            return
+        if len(line) > limit:
+            while line and not line.endswith(b"\n"):
+                line = f.readline(1 << 20)
+            yield None
+        else:
+            yield line

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 from mathsft.generate import ClientSettings, Sampling, journal_fingerprint, sample
-from mathsft.journal import Journal, store_path
+from mathsft.journal import Journal, hold_output, store_path
 from mathsft.serve import external_endpoint, serving
 
 log = logging.getLogger(__name__)
@@ -74,12 +74,14 @@ def renderer(sampler: Sampler) -> Callable[[list[dict]], str] | None:
 def sample_rows(sampler: Sampler, rows: list[dict], output: str, schema) -> tuple[list[dict], dict]:
     """Sample `samples_per_problem` answers per row, reusing the sample store beside `output` (records of `schema`):
     the server, the user's or a managed one, is reached only when some sample is missing from it. Returns the
-    records in (row, sample index) order and the summary of mathsft.generate.sample."""
+    records in (row, sample index) order and the summary of mathsft.generate.sample. Holds the output's lock
+    (mathsft.journal.hold_output) from here until the job exits."""
+    hold_output(output)  # until this job ends: a second job on the same output stops here, naming this one
     render = renderer(sampler)
     server, sampling = sampler.server, sampler.sampling
     fingerprint = journal_fingerprint(rows, model_id_of(server), sampler.prompt_template, sampling, sampler.api,
                                       [] if server.endpoint else server.managed_args())
-    store = Journal(store_path(output, fingerprint), fingerprint, schema=schema)
+    store = Journal(store_path(output, fingerprint), fingerprint, schema=schema, rows=rows)
     stored = store.load()
     missing = [(i, k) for i in range(len(rows)) for k in range(sampling.samples_per_problem) if (i, k) not in stored]
     if not missing:

@@ -1,12 +1,15 @@
+import errno
 import json
 import logging
 import os
 import stat
+import subprocess
+import sys
 
 import pytest
 
 from mathsft.io import EVAL_SAMPLE_SCHEMA, TRAJECTORY_SCHEMA, write_parquet
-from mathsft.journal import Journal, store_path
+from mathsft.journal import Journal, StoreInUse, hold_output, store_path
 
 FINGERPRINT = {"model": "m", "temperature": 0.6, "rows": "abc"}
 
@@ -22,9 +25,9 @@ def _record(row, k, text="x"):
     }
 
 
-def _journal_with_lines(path, lines: list[bytes]) -> None:
+def _journal_with_lines(path, lines: list[bytes], fingerprint=FINGERPRINT) -> None:
     """A journal holding good records (0, 0) and (2, 0) around the given raw lines."""
-    journal = Journal(path, FINGERPRINT)
+    journal = Journal(path, fingerprint)
     journal.append(_record(0, 0))
     journal.close()
     with open(path, "ab") as f:
@@ -97,7 +100,7 @@ def test_a_line_with_damage_is_skipped_counted_and_its_sample_requested_again(tm
         loaded = journal.load()
     assert set(loaded) == {(0, 0), (2, 0)}  # the good lines on both sides are kept
     assert journal.skipped == 1
-    assert "1 unreadable line(s) skipped" in caplog.text and "line 3:" in caplog.text  # names the line
+    assert "1 line(s) skipped" in caplog.text and "line 3:" in caplog.text  # names the line
 
 
 def test_every_damaged_line_is_counted_and_after_load_and_append_the_file_is_clean(tmp_path, caplog):
@@ -107,7 +110,7 @@ def test_every_damaged_line_is_counted_and_after_load_and_append_the_file_is_cle
     with caplog.at_level(logging.WARNING, logger="mathsft.journal"):
         loaded = journal.load()
     assert set(loaded) == {(0, 0), (2, 0)} and journal.skipped == len(DAMAGED_LINES)
-    assert f"{len(DAMAGED_LINES)} unreadable line(s) skipped" in caplog.text
+    assert f"{len(DAMAGED_LINES)} line(s) skipped" in caplog.text
     journal.append(_record(1, 0, "redone"))
     journal.close()
 
@@ -175,12 +178,90 @@ def _record_fsyncs(monkeypatch) -> list[tuple[str, str]]:
 
 def test_rewriting_on_load_fsyncs_the_file_then_its_folder(tmp_path, monkeypatch):
     path = tmp_path / "j.jsonl"
-    journal = Journal(path, FINGERPRINT)
-    journal.append(_record(0, 0))
-    journal.close()
+    _journal_with_lines(path, [b"not JSON"])
     synced = _record_fsyncs(monkeypatch)
     Journal(path, FINGERPRINT).load()
     assert synced == [("file", str(path) + ".tmp"), ("folder", str(tmp_path))]
+
+
+def test_loading_a_clean_journal_writes_nothing(tmp_path):
+    path = tmp_path / "j.jsonl"
+    _journal_with_lines(path, [json.dumps(_record(1, 0)).encode()])
+    before = path.stat()
+    assert set(Journal(path, FINGERPRINT).load()) == {(0, 0), (1, 0), (2, 0)}
+    after = path.stat()
+    assert (after.st_ino, after.st_mtime_ns, after.st_size) == (before.st_ino, before.st_mtime_ns, before.st_size)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["j.jsonl"]
+
+
+ROWS = [{key: _record(row, 0)[key] for key in ("problem_id", "source", "problem", "answer")} for row in range(3)]
+NOT_ITS_ROW = {
+    "another problem id": _record(1, 0) | {"problem_id": "ffffffffffffffff"},
+    "another answer": _record(1, 0) | {"answer": "$99$"},
+    "a row past the output's rows": _record(7, 0),
+    "another model": _record(1, 0) | {"model": "impostor"},
+    "more tokens than max_tokens": _record(1, 0) | {"completion_tokens": 49},
+    "a 50 kB response for 5 tokens": _record(1, 0, "x" * 50_000),
+}
+
+
+@pytest.mark.parametrize("record", NOT_ITS_ROW.values(), ids=NOT_ITS_ROW.keys())
+def test_a_stored_sample_that_does_not_match_its_row_or_the_stores_model_is_skipped_and_counted(tmp_path, record):
+    path = tmp_path / "j.jsonl"
+    _journal_with_lines(path, [json.dumps(record).encode()], FINGERPRINT | {"max_tokens": 48})
+    journal = Journal(path, FINGERPRINT | {"max_tokens": 48}, rows=ROWS)
+    assert set(journal.load()) == {(0, 0), (2, 0)} and journal.skipped == 1
+
+
+def test_a_line_longer_than_any_sample_of_the_store_is_skipped_without_being_read_whole(tmp_path, caplog):
+    path = tmp_path / "j.jsonl"
+    fingerprint = FINGERPRINT | {"max_tokens": 48}
+    _journal_with_lines(path, [b'{"response": "' + b"x" * 5_000_000 + b'"}'], fingerprint)
+    journal = Journal(path, fingerprint, rows=ROWS)
+    with caplog.at_level(logging.WARNING, logger="mathsft.journal"):
+        assert set(journal.load()) == {(0, 0), (2, 0)} and journal.skipped == 1
+    assert "line 3: longer than a sample of this store can be" in caplog.text
+    assert path.stat().st_size < 10_000  # rewritten without it
+
+
+def test_a_rewrite_that_fills_the_disk_removes_its_temporary_file_and_says_so(tmp_path):
+    """A real full disk: a 1 MB tmpfs (needs root: skipped without it) holding a damaged journal."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], check=True)
+    try:
+        path = disk / "j.jsonl"
+        _journal_with_lines(path, [b"not JSON"] + [json.dumps(_record(3, k, "y" * 2000)).encode() for k in range(300)])
+        with pytest.raises(OSError) as full, open(disk / "filler", "wb") as filler:  # the rest of the disk
+            while True:
+                filler.write(b"\0" * 4096)
+                filler.flush()
+        assert full.value.errno == errno.ENOSPC
+        before = path.read_bytes()
+        with pytest.raises(OSError, match="could not rewrite the sample store .*: free some space and run again"):
+            Journal(path, FINGERPRINT).load()
+        assert sorted(p.name for p in disk.iterdir()) == ["filler", "j.jsonl"] and path.read_bytes() == before
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_one_process_at_a_time_samples_an_output(tmp_path):
+    """The lock dies with its holder: a second process is refused while the first lives, and takes over after."""
+    output = tmp_path / "00000.parquet"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from mathsft.journal import hold_output; "
+                               "hold_output(sys.argv[1]); print('held', flush=True); time.sleep(600)", str(output)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(StoreInUse, match=rf"{output} is being sampled by another job \(pid {holder.pid} on "):
+            hold_output(output)
+    finally:
+        holder.kill()
+        holder.wait()
+    hold_output(output)  # the kill dropped the lock
+    hold_output(output)  # and this process holds it already
 
 
 def test_a_new_journal_fsyncs_its_folder_once_so_its_name_survives_a_crash(tmp_path, monkeypatch):

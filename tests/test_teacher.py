@@ -35,7 +35,7 @@ def _store_samples(output):
             store.append(row | {
                 "row_index": i, "sample_index": k, "messages": messages,
                 "response": f"So \\boxed{{{answer}}}", "finish_reason": "length" if (i + k) % 3 == 2 else "stop",
-                "prompt_tokens": 20, "completion_tokens": 5 + 100 * k, "model": "m", "served_model_name": None,
+                "prompt_tokens": 20, "completion_tokens": 5 + 20 * k, "model": "m", "served_model_name": None,
                 "prompt_template": "boxed_cot_v1", "api": "chat", "temperature": 0.6, "top_p": 0.95, "max_tokens": 64,
                 "seed": 1000 * i + k, "latency_s": 0.5})
     store.close()
