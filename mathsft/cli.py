@@ -9,7 +9,7 @@ import os
 
 from mathsft.generate import ClientSettings, Sampling
 from mathsft.sampler import Sampler, ServerSettings
-from mathsft.serve import check_no_secrets
+from mathsft.serve import check_server_settings
 from mathsft.settings import add_dataclass_arguments, from_args
 
 
@@ -76,7 +76,7 @@ def server_from_args(args) -> ServerSettings:
     if args.revision and args.endpoint:
         raise SystemExit("--revision is for a managed server; the server at --endpoint decides what it loaded")
     try:
-        check_no_secrets(args.server_arg, env, "--server_arg/--server_env")
+        check_server_settings(args.server_arg, env, "--server_arg/--server_env")
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
     return ServerSettings(model=args.model, endpoint=args.endpoint, api_key=api_key_from_args(args),

@@ -30,14 +30,35 @@ class ServerError(RuntimeError):
     """The server failed to start or died; the message carries its last log lines."""
 
 
-# Server arguments and environment variables that carry secrets: never in argv, params or a log line.
+# What server.args may hold: the vLLM options that decide how a model is loaded, run and served, by their exact
+# names (vLLM reads "_" as "-"). Nothing else reaches a server's command line, which `ps`, the job's log line and
+# Snakemake's metadata show: no key or token (--api-key, --hf-token...), no host or port (the job picks them), no
+# abbreviation. A list of what is refused could never be complete (vLLM adds options each release and its parser
+# takes abbreviations); an option a run needs that is missing here is one line to add.
+SERVER_OPTIONS = frozenset("--" + name for name in """
+    dtype max-model-len enforce-eager gpu-memory-utilization tensor-parallel-size pipeline-parallel-size
+    data-parallel-size max-num-seqs max-num-batched-tokens enable-chunked-prefill no-enable-chunked-prefill
+    enable-prefix-caching no-enable-prefix-caching kv-cache-dtype block-size swap-space cpu-offload-gb
+    quantization load-format seed trust-remote-code tokenizer-mode generation-config override-generation-config
+    reasoning-parser chat-template chat-template-content-format max-logprobs distributed-executor-backend
+    compilation-config async-scheduling disable-log-stats enable-log-requests disable-log-requests
+    disable-custom-all-reduce max-seq-len-to-capture hf-overrides rope-scaling""".split())
+# The one key vLLM's server takes as an argument: its own; refused with the way to give a key instead.
 SECRET_ARGS = ("--api-key",)
 SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD)$", re.IGNORECASE)
 
 
+def _option_name(word: str) -> str | None:
+    """The option a server argument names, as vLLM reads it (`--api_key=x` -> `--api-key`), or None for a value."""
+    if not word.startswith("-") or re.fullmatch(r"-\d+(\.\d*)?([eE][-+]?\d+)?", word):
+        return None
+    name = word.split("=", 1)[0]
+    return "--" + name[2:].replace("_", "-") if name.startswith("--") else name
+
+
 def is_secret_arg(arg: str) -> bool:
-    """A server argument that holds (or introduces) a key: `--api-key` or `--api-key=...`."""
-    return arg.split("=", 1)[0] in SECRET_ARGS
+    """A server argument that holds (or introduces) a key: `--api-key`, `--api_key`, or either with `=...`."""
+    return _option_name(arg) in SECRET_ARGS
 
 
 def redact(words: list[str]) -> list[str]:
@@ -54,14 +75,23 @@ def redact(words: list[str]) -> list[str]:
     return out
 
 
-def check_no_secrets(args: list[str], env: dict[str, str], where: str) -> None:
-    """Refuse keys given as server arguments or variables: they would reach argv (`ps`), logs and Snakemake's
-    metadata. The server inherits the job's environment: export them there instead."""
+def check_server_settings(args: list[str], env: dict[str, str], where: str) -> None:
+    """Refuse server arguments other than SERVER_OPTIONS and their values, and variables named like secrets: keys
+    would reach argv (`ps`), logs and Snakemake's metadata. The server inherits the job's environment: export
+    them there instead."""
     for arg in args:
-        if is_secret_arg(arg):
+        name = _option_name(arg)
+        if name is None:
+            continue
+        if name in SECRET_ARGS:
             raise ValueError(f"{where}: {arg.split('=', 1)[0]} holds a key; keys never go on a command line. The "
                              "managed server makes its own per-job key; for a server you run, name the variable "
                              "that holds its key in api_key_env")
+        if name not in SERVER_OPTIONS:
+            raise ValueError(f"{where}: {arg.split('=', 1)[0]} is not among the vLLM options a managed server may "
+                             f"be given (mathsft.serve.SERVER_OPTIONS: {', '.join(sorted(SERVER_OPTIONS))}). Keys "
+                             "and tokens (HF_TOKEN...) go in the environment that runs snakemake, never on a "
+                             "command line; host and port are the job's")
     for name in env:
         if SECRET_NAME.search(name):
             raise ValueError(f"{where}: {name} looks like a secret; do not put it in the config. Export it in the "
@@ -126,7 +156,7 @@ class ManagedServer:
     ):
         self.args = list(args or [])
         self.env = dict(env or {})
-        check_no_secrets(self.args, {}, "server arguments")
+        check_server_settings(self.args, {}, "server arguments")
         self.model = model
         # vLLM's default: requests name the model as loaded (a path or hub id).
         self.served_model_name = served_model_name or model

@@ -8,7 +8,7 @@ import shlex
 from mathsft.data import SHARD_NAME_PATTERN, shard_count, shard_name, shard_range
 from mathsft.io import file_sha256
 from mathsft.models import EMBEDDED_PREFIX as EMBEDDED
-from mathsft.serve import check_no_secrets
+from mathsft.serve import check_server_settings
 from mathsft.sources import check_datasets, check_source, dataset_entry, read_catalog
 
 SCRIPTS = os.path.join(workflow.basedir, "scripts")
@@ -470,7 +470,7 @@ def check_config():
     if config["teacher"]["endpoint"] and config["teacher"]["model"].startswith(EMBEDDED):
         raise ValueError(f"teacher.model: {config['teacher']['model']!r} is an embedded model, which only a managed "
                          "server loads; with teacher.endpoint set, give the name that server serves")
-    check_no_secrets(config["server"]["args"], config["server"]["env"], "server.args/server.env")
+    check_server_settings(config["server"]["args"], config["server"]["env"], "server.args/server.env")
 
 
 check_config()

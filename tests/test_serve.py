@@ -12,10 +12,11 @@ import urllib.error
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import REPO
 from helpers.processes import vllm_servers
 
-from mathsft.serve import (ManagedServer, ServerError, check_no_secrets, external_endpoint, list_models,
+from mathsft.serve import (ManagedServer, ServerError, check_server_settings, external_endpoint, list_models,
                            redact)
 
 CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "HF_HUB_OFFLINE": "1"}
@@ -181,10 +182,12 @@ def test_a_process_that_takes_the_port_before_vllm_is_refused(tmp_path, student_
 
 def test_keys_in_server_arguments_or_variables_are_refused_and_redacted_from_log_lines():
     with pytest.raises(ValueError, match="--api-key holds a key"):
-        check_no_secrets(["--dtype", "float32", "--api-key=abc"], {}, "server.args")
+        check_server_settings(["--dtype", "float32", "--api-key=abc"], {}, "server.args")
     with pytest.raises(ValueError, match="HF_TOKEN looks like a secret.*Export it"):
-        check_no_secrets([], {"HF_TOKEN": "abc"}, "server.env")
-    check_no_secrets(["--dtype", "float32"], {"VLLM_CPU_KVCACHE_SPACE": "2"}, "server.env")
+        check_server_settings([], {"HF_TOKEN": "abc"}, "server.env")
+    check_server_settings(["--dtype", "float32"], {"VLLM_CPU_KVCACHE_SPACE": "2"}, "server.env")
+    with pytest.raises(ValueError, match="--api_key holds a key"):
+        check_server_settings(["--api_key", "sk-abc"], {}, "server.args")  # vLLM reads it as --api-key
     assert redact(["vllm", "--api-key", "abc", "--api-key=def", "--port", "1"]) == [
         "vllm", "--api-key", "***", "--api-key=***", "--port", "1"]
     with pytest.raises(ValueError, match="--api-key"):
@@ -206,3 +209,17 @@ def test_a_revision_pins_the_managed_servers_weights_and_tokenizer_and_is_refuse
     with pytest.raises(SystemExit, match="--revision is for a managed server"):
         server_from_args(parser.parse_args(["--model", "m", "--revision", "0123abc",
                                             "--endpoint", "http://127.0.0.1:9/v1"]))
+
+
+@pytest.mark.parametrize("args", [["--hf-token", "hf_abc"], ["--hf_token=hf_abc"], ["--port", "8000"],
+                                  ["--host=0.0.0.0"], ["--api", "abc"], ["--ssl-keyfile", "k.pem"]])
+def test_only_the_options_that_shape_serving_reach_a_servers_command_line(args):
+    with pytest.raises(ValueError, match=f"server.args: {args[0].split('=')[0]} is not among the vLLM options"):
+        check_server_settings(args, {}, "server.args")
+
+
+def test_every_shipped_configs_server_arguments_are_allowed():
+    for config in (REPO / "config").glob("*.yaml"):
+        server = (yaml.safe_load(config.read_text()) or {}).get("server") or {}
+        check_server_settings(server.get("args", []), server.get("env", {}), config.name)
+    check_server_settings(["--seed", "-1", "--max_model_len=4096", "--enforce-eager"], {}, "server.args")
