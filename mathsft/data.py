@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+import math
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -10,6 +12,7 @@ from typing import Iterable, Iterator
 
 from mathsft.io import METADATA_COLUMNS, PROBLEM_SCHEMA
 
+log = logging.getLogger(__name__)
 _WS = re.compile(r"\s+")
 _WORD = re.compile(r"\w+")
 
@@ -102,22 +105,29 @@ class Counts:
 
     no_problem: int = 0
     no_answer: int = 0
+    unusable_answer: int = 0  # a mapping, boolean, NaN or infinity: answer_text
     too_long: int = 0
     duplicate: int = 0
     contaminated: dict[str, int] = field(default_factory=dict)
 
 
+class UnusableAnswer(ValueError):
+    """A stored answer that is no answer: a mapping, a boolean, NaN or an infinity (the row is dropped, counted)."""
+
+
 def answer_text(value) -> str | None:
     """A gold answer as text: numbers without a spurious `.0`, a list of answers as one comma-separated
-    answer (OlympiadBench stores lists), None for a missing or empty answer."""
+    answer (OlympiadBench stores lists), None for a missing or empty answer. A value no grader could compare
+    against (a mapping, a boolean, NaN, an infinity, or a list holding one) raises UnusableAnswer: it would
+    otherwise become `${'a': 1}$` or `$nan$`."""
     if value is None:
         return None
     if isinstance(value, (list, tuple)):
         parts = [answer_text(v) for v in value]
         parts = [p.strip().strip("$").strip() for p in parts if p]
         return ", ".join(parts) if parts else None
-    if isinstance(value, bool):
-        return str(value)
+    if isinstance(value, (bool, dict)) or (isinstance(value, float) and not math.isfinite(value)):
+        raise UnusableAnswer(f"{type(value).__name__} {str(value)[:40]}")
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     text = str(value).strip()
@@ -148,7 +158,12 @@ def clean_problems(stream, counts: Counts, seen: set[str], decontaminator: Decon
         if not problem:
             counts.no_problem += 1
             continue
-        answer = answer_text(row["answer"])
+        try:
+            answer = answer_text(row["answer"])
+        except UnusableAnswer as exc:
+            counts.unusable_answer += 1
+            log.warning("%s: answer %s is no answer a grader can compare; row dropped", row.get("where", "a row"), exc)
+            continue
         if answer is None:
             counts.no_answer += 1
             continue

@@ -128,11 +128,35 @@ def read_table(path: str | Path) -> pa.Table:
         except (pa.ArrowException, OSError) as exc:
             raise ValueError(f"{path}: not a readable parquet file ({exc})") from exc
     if path.suffix == ".jsonl":
-        return pa.Table.from_pylist(list(_json_lines(path)))
+        numbered = list(_json_lines(path))
+        return _table(path, [record for _, record in numbered], [f"{path}:{line}" for line, _ in numbered])
     if path.suffix == ".json":
         records = _json_document(path)
-        return pa.Table.from_pylist(records)
+        return _table(path, records, [f"{path}, item {index}" for index in range(1, len(records) + 1)])
     raise ValueError(f"{path}: unknown format (expected {', '.join(FORMATS)})")
+
+
+def _table(path: Path, records: list[dict], places: list[str]) -> pa.Table:
+    """The records of a JSON file as a table; a column whose values Arrow cannot hold in one type (3 on one line,
+    "3" on another) is an error naming the column and the first line that differs."""
+    try:
+        return pa.Table.from_pylist(records)
+    except (pa.ArrowException, OverflowError) as exc:
+        for column in dict.fromkeys(key for record in records for key in record):
+            values = [record.get(column) for record in records]
+            try:
+                pa.array(values)
+            except (pa.ArrowException, OverflowError):
+                first = next(i for i, value in enumerate(values) if value is not None)
+                kind = type(values[first]).__name__
+                other = next((i for i, value in enumerate(values) if value is not None
+                              and type(value).__name__ != kind), None)
+                if other is None:
+                    raise ValueError(f"{places[first]}: column {column!r} cannot be read ({exc})") from exc
+                raise ValueError(f"{places[other]}: column {column!r} holds {type(values[other]).__name__} "
+                                 f"{str(values[other])[:40]!r}, but {kind} at {places[first]}; a column holds one "
+                                 "type (quote numbers given as text)") from exc
+        raise ValueError(f"{path}: cannot be read as a table ({exc})") from exc
 
 
 def _decode(raw: bytes, path: Path, line: int) -> str:
@@ -142,7 +166,8 @@ def _decode(raw: bytes, path: Path, line: int) -> str:
         raise ValueError(f"{path}:{line}: not UTF-8 text (byte {exc.start} of the line); re-encode the file") from exc
 
 
-def _json_lines(path: Path) -> Iterator[dict]:
+def _json_lines(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, record) of each non-empty line of a JSON-lines file."""
     with path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
             text = _decode(raw, path, number).strip()
@@ -154,7 +179,7 @@ def _json_lines(path: Path) -> Iterator[dict]:
                 raise ValueError(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno})") from exc
             if not isinstance(record, dict):
                 raise ValueError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
-            yield record
+            yield number, record
 
 
 def _json_document(path: Path) -> list[dict]:
@@ -174,9 +199,9 @@ def _json_document(path: Path) -> list[dict]:
 
 
 def dataset_rows(spec: DatasetSpec, table: pa.Table, origin: str) -> Iterator[dict]:
-    """Rows of `table` as {source, problem, answer, level, subject} through the spec's column mapping (level and
-    subject None where unmapped, as stored where mapped); `origin` (a file or hub id) names where the table came
-    from in errors."""
+    """Rows of `table` as {source, problem, answer, level, subject, where} through the spec's column mapping (level
+    and subject None where unmapped, as stored where mapped); `origin` (a file or hub id) names where the table came
+    from in errors, and `where` names the row in it (for the rows normalisation drops)."""
     mapped = {"problem": spec.problem_column, "answer": spec.answer_column, "level": spec.level_column,
               "subject": spec.subject_column}
     for key, column in mapped.items():
@@ -190,8 +215,9 @@ def dataset_rows(spec: DatasetSpec, table: pa.Table, origin: str) -> Iterator[di
     levels = table.column(spec.level_column).to_pylist() if spec.level_column else unmapped
     subjects = table.column(spec.subject_column).to_pylist() if spec.subject_column else unmapped
     answers = table.column(spec.answer_column).to_pylist()
-    for problem, answer, level, subject in zip(problems.to_pylist(), answers, levels, subjects):
-        yield {"source": spec.name, "problem": problem, "answer": answer, "level": level, "subject": subject}
+    for row, (problem, answer, level, subject) in enumerate(zip(problems.to_pylist(), answers, levels, subjects)):
+        yield {"source": spec.name, "problem": problem, "answer": answer, "level": level, "subject": subject,
+               "where": f"{origin}, row {row + 1}"}
 
 
 def load_spec(spec: DatasetSpec) -> tuple[pa.Table, str]:

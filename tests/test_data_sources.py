@@ -5,7 +5,9 @@ it on local copies of the hub datasets (fetched by the real `datasets.load_datas
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
 
 import pyarrow as pa
@@ -35,8 +37,37 @@ def test_jsonl_json_and_parquet_files_read_through_a_column_mapping(tmp_path):
     pq.write_table(pa.Table.from_pylist(records), tmp_path / "a.parquet")
     for name in ("a.jsonl", "a.json", "a.parquet"):
         rows = rows_of(tmp_path / name, columns={"problem": "question", "answer": "final"})
-        assert rows == [{"source": "set", "problem": "What is 1+1?", "answer": 2, "level": None, "subject": None},
-                        {"source": "set", "problem": "What is 2+2?", "answer": 4, "level": None, "subject": None}], name
+        where = [f"{tmp_path / name}, row {n}" for n in (1, 2)]
+        assert rows == [{"source": "set", "problem": "What is 1+1?", "answer": 2, "level": None, "subject": None,
+                         "where": where[0]},
+                        {"source": "set", "problem": "What is 2+2?", "answer": 4, "level": None, "subject": None,
+                         "where": where[1]}], name
+
+
+@pytest.mark.parametrize("name", ["a.jsonl", "a.json"])
+def test_a_column_mixing_numbers_and_text_is_an_error_naming_file_line_and_column(tmp_path, name):
+    records = [{"problem": "What is 1+1?", "answer": 2}, {"problem": "What is 1/2?", "answer": "\\frac{1}{2}"}]
+    path = tmp_path / name
+    path.write_text("".join(json.dumps(r) + "\n" for r in records) if name.endswith("l") else json.dumps(records))
+    second = f"{path}:2" if name.endswith("l") else f"{path}, item 2"
+    first = f"{path}:1" if name.endswith("l") else f"{path}, item 1"
+    with pytest.raises(ValueError, match=re.escape(f"{second}: column 'answer' holds str '\\\\frac{{1}}{{2}}', but int "
+                                                   f"at {first}; a column holds one type")):
+        rows_of(path)
+
+
+def test_answers_no_grader_can_compare_are_dropped_counted_and_named(tmp_path, caplog):
+    answers = [{"a": 1}, True, float("nan"), float("inf"), [1, float("-inf")], 4]
+    records = [{"problem": f"Problem {i}?", "answer": answer} for i, answer in enumerate(answers)]
+    path = tmp_path / "a.parquet"
+    pq.write_table(pa.Table.from_pylist([r | {"answer": json.dumps(r["answer"])} for r in records]), path)
+    rows = [r | {"answer": answer} for r, answer in zip(rows_of(path), answers)]  # as stored values of any type
+    counts = data.Counts()
+    with caplog.at_level(logging.WARNING, logger="mathsft.data"):
+        kept = list(data.clean_problems(rows, counts, set()))
+    assert [row["answer"] for row in kept] == ["$4$"] and counts.unusable_answer == 5
+    assert f"{path}, row 1: answer dict {{'a': 1}} is no answer" in caplog.text
+    assert f"{path}, row 3: answer float nan is no answer" in caplog.text
 
 
 def test_a_column_mapping_that_names_nothing_is_an_error_naming_the_key_and_the_file(tmp_path):
@@ -160,12 +191,14 @@ def _rows(problems, source="train"):
 
 def test_prepare_datasets_counts_every_drop_and_names_the_contaminating_benchmark():
     train = _rows([("What is 1+1?", "2"), ("What  is 1+1?", "2"), ("No answer here.", None), ("", "3"),
-                   ("x" * 900, "1"), ("Prove it, then " + AIME_PROBLEM.lower(), "231"), ("What is 3+3?", "6")])
+                   ("x" * 900, "1"), ("Prove it, then " + AIME_PROBLEM.lower(), "231"), ("What is 3+3?", "6"),
+                   ("What is 0/0?", float("nan"))])
     bench = {"aime24": _rows([(AIME_PROBLEM, "231")], "aime24"), "math500": _rows([("What is 9+9?", 18)], "math500")}
     kept, bench_sets, report = data.prepare_datasets({"train": train}, bench, None, seed=1, ngram=8, max_chars=800)
     assert {row["problem"] for row in kept} == {"What is 1+1?", "What is 3+3?"}
     dropped = report["train"]["sources"]["train"]["dropped"]
-    assert dropped == {"no_problem": 1, "no_answer": 1, "too_long": 1, "duplicate": 1, "contaminated": {"aime24": 1}}
+    assert dropped == {"no_problem": 1, "no_answer": 1, "unusable_answer": 1, "too_long": 1, "duplicate": 1,
+                       "contaminated": {"aime24": 1}}
     assert report["train"]["contaminated_by_benchmark"] == {"aime24": 1}
     assert bench_sets["math500"][0]["answer"] == "$18$" and bench_sets["math500"][0]["source"] == "math500"
 
@@ -220,7 +253,7 @@ def test_the_data_stage_fetches_hub_datasets_and_prepares_decontaminated_shards(
     _run_data_stage(workdir, configfile)
     report = json.loads((workdir / "results" / "data" / "report.json").read_text())
     dropped = report["train"]["sources"]["deepscaler"]["dropped"]
-    assert dropped == {"no_problem": 0, "no_answer": 1, "too_long": 1, "duplicate": 1, "contaminated": {"aime24": 1}}
+    assert dropped == {"no_problem": 0, "no_answer": 1, "unusable_answer": 0, "too_long": 1, "duplicate": 1, "contaminated": {"aime24": 1}}
     assert report["train"]["kept"] == 24 and report["train"]["usable"] == 40
     shards = sorted((workdir / "results" / "data" / "shards").glob("*.parquet"))
     assert [p.name for p in shards] == ["00000.parquet", "00001.parquet", "00002.parquet"]
