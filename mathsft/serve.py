@@ -98,6 +98,9 @@ def check_server_settings(args: list[str], env: dict[str, str], where: str) -> N
                              "environment that runs snakemake: the server inherits it")
 
 
+MODELS_REPLY_BYTES = 1 << 20  # a model list names a few models: more is not a model list
+
+
 def list_models(base_url: str, api_key: str | None, timeout_s: float = 5.0) -> list[dict]:
     """GET {base_url}/models (OpenAI-compatible): the models the server serves, each with its `id` (the name
     requests use) and, from vLLM, its `root` (the weights it loaded). Raises urllib's errors."""
@@ -105,7 +108,10 @@ def list_models(base_url: str, api_key: str | None, timeout_s: float = 5.0) -> l
     if api_key:
         request.add_header("Authorization", f"Bearer {api_key}")
     with urllib.request.urlopen(request, timeout=timeout_s) as reply:
-        return json.loads(reply.read())["data"]
+        body = reply.read(MODELS_REPLY_BYTES + 1)
+    if len(body) > MODELS_REPLY_BYTES:
+        raise ValueError(f"its model list is larger than {MODELS_REPLY_BYTES} bytes")
+    return json.loads(body)["data"]
 
 
 def model_id(models: list[dict], served_model_name: str) -> str | None:
@@ -308,7 +314,9 @@ def external_endpoint(base_url: str, served_model_name: str, api_key: str | None
     try:
         models = list_models(base_url, api_key, timeout_s)
     except urllib.error.HTTPError as exc:
-        hint = " (is api_key_env set, and does it hold that server's key?)" if exc.code in (401, 403) else ""
+        hint = (" (is api_key_env set, and does it hold that server's key?)" if exc.code in (401, 403) else
+                f" (an OpenAI-compatible API is under /v1: did you mean {base_url}/v1?)"
+                if exc.code == 404 and not base_url.endswith("/v1") else "")
         raise ServerError(f"endpoint {base_url}: listing its models failed with HTTP {exc.code}{hint}") from exc
     except (urllib.error.URLError, OSError, ValueError, KeyError) as exc:
         raise ServerError(f"endpoint {base_url}: no OpenAI-compatible server answers there ({exc})") from exc

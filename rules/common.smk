@@ -471,6 +471,18 @@ def check_config():
         raise ValueError(f"teacher.model: {config['teacher']['model']!r} is an embedded model, which only a managed "
                          "server loads; with teacher.endpoint set, give the name that server serves")
     check_server_settings(config["server"]["args"], config["server"]["env"], "server.args/server.env")
+    for section in ("teacher", "train"):
+        model = config[section]["model"]
+        if (section == "teacher" and config["teacher"]["endpoint"]) or model.startswith(EMBEDDED):
+            continue
+        # A path (not a hub id such as Qwen/Qwen2.5-Math-1.5B) must hold a model now, not after a server's
+        # health timeout or a queue wait.
+        if model.startswith(("/", ".", "~")) or os.path.isdir(model):
+            folder = os.path.expanduser(model)
+            if not os.path.isfile(os.path.join(folder, "config.json")):
+                what = "has no config.json" if os.path.isdir(folder) else "does not exist"
+                raise ValueError(f"{section}.model: the folder {model!r} {what}; give a folder that holds a Hugging "
+                                 "Face model (config.json, weights, tokenizer) or a hub id such as Qwen/Qwen2.5-Math-1.5B")
 
 
 check_config()

@@ -223,3 +223,4 @@ def test_every_shipped_configs_server_arguments_are_allowed():
         server = (yaml.safe_load(config.read_text()) or {}).get("server") or {}
         check_server_settings(server.get("args", []), server.get("env", {}), config.name)
     check_server_settings(["--seed", "-1", "--max_model_len=4096", "--enforce-eager"], {}, "server.args")
+

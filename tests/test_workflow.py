@@ -98,6 +98,8 @@ def test_the_deepscaler_run_plans_hub_fetches_and_one_teacher_job_per_shard(tmp_
     ("server.args", ["--dtype", "float32", "--hf_token", "hf_x"], "server.args/server.env: --hf_token is not among"),
     ("train.revision", "abc123", "train.revision: 'embedded:smollm2-135m-instruct' is not a Hugging Face id"),
     ("teacher.revision", "", "revision"),
+    ("teacher.model", "/no/such/teacher", "teacher.model: the folder '/no/such/teacher' does not exist; give a folder"),
+    ("train.model", ".", r"train.model: the folder '\.' has no config.json; give a folder that holds a Hugging Face"),
 ])
 def test_names_and_values_that_would_break_a_run_are_refused_before_any_job_naming_the_key(tmp_path, key, value,
                                                                                             message):
