@@ -5,11 +5,17 @@ anywhere the run writes, Snakemake's own .snakemake/ included."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import time
+
 import pyarrow.parquet as pq
 import pytest
 from conftest import TINY
 from endpoint.conftest import API_KEY, SERVED_NAME
-from helpers.workflow import edited_config, snakemake
+from helpers.faultproxy import FaultProxy
+from helpers.workflow import checkout, edited_config, snakemake, snakemake_command
 
 pytestmark = pytest.mark.e2e
 OTHER_SECRET = "hf_mathsft_unrelated_token_41d0"  # a secret the user's environment holds: it must not leak either
@@ -17,10 +23,10 @@ KEY_ENV = {"MATHSFT_TEST_TEACHER_KEY": API_KEY, "HF_TOKEN": OTHER_SECRET}
 TARGETS = ("results/teacher/00000.parquet", "results/teacher/00001.parquet", "results/eval/generations/teacher.parquet")
 
 
-def _config(tmp_path, endpoint, model=SERVED_NAME):
+def _config(tmp_path, endpoint, model=SERVED_NAME, **edits):
     return edited_config(TINY, tmp_path / "external.yaml", **{
         "teacher.endpoint": endpoint.base_url, "teacher.model": model,
-        "teacher.api_key_env": "MATHSFT_TEST_TEACHER_KEY", "eval.models": ["teacher"], "eval.pass_k": [1]})
+        "teacher.api_key_env": "MATHSFT_TEST_TEACHER_KEY", "eval.models": ["teacher"], "eval.pass_k": [1], **edits})
 
 
 def test_teacher_and_its_evaluation_run_through_a_server_the_user_started(tmp_path, endpoint, user_model):
@@ -51,3 +57,62 @@ def test_a_name_the_users_server_does_not_serve_fails_the_job_naming_what_it_ser
     log = (workdir / "logs" / "teacher" / "00000.log").read_text()
     assert f"serves ['{SERVED_NAME}'], not 'teacher'" in log
     assert not (workdir / TARGETS[0]).exists()
+
+
+def test_an_endpoint_without_v1_fails_the_job_at_once_saying_where_the_api_is(tmp_path, endpoint):
+    """The user's vLLM server answers 404 under its root: the job stops at its first request with the URL to use."""
+    root = endpoint.base_url.removesuffix("/v1")
+    workdir = tmp_path / "run"
+    config = edited_config(_config(tmp_path, endpoint), tmp_path / "root.yaml", **{"teacher.endpoint": root})
+    result = snakemake(workdir, config, TARGETS[0], timeout=600, env=KEY_ENV)
+    assert result.returncode != 0
+    log = (workdir / "logs" / "teacher" / "00000.log").read_text()
+    assert f"endpoint {root}: listing its models failed with HTTP 404 (an OpenAI-compatible API is under /v1: did " \
+           f"you mean {root}/v1?)" in log, log[-2000:]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_a_job_left_running_by_a_killed_snakemake_is_the_only_one_writing_its_shard(tmp_path, endpoint):
+    """kill -9 of Snakemake leaves its teacher job running; after --unlock, a rerun's job for the same shard
+    stops at once naming it, and once it has ended a rerun finishes the shard from the store: every sample was
+    requested once, none is stored twice."""
+    workdir, target = tmp_path / "run", TARGETS[0]
+    with FaultProxy(endpoint.base_url.removesuffix("/v1"), delay_s=4.0) as slow:  # 8 samples one by one: 32 s
+        config = _config(tmp_path, slow, **{"teacher.concurrency": 1})
+        command, env = snakemake_command(workdir, config, target, env=KEY_ENV)
+        first = subprocess.Popen(command, env=env, cwd=checkout(), stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+        store = workdir / "results" / "teacher" / ".samples"
+        deadline = time.monotonic() + 300
+        while not any(p.read_text().count("\n") >= 2 for p in store.glob("00000.*.jsonl")):  # a sample is stored
+            assert first.poll() is None and time.monotonic() < deadline, "the teacher job stored no sample"
+            time.sleep(0.5)
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+        orphan = int((store / "00000.lock").read_text().split()[1])
+        assert _alive(orphan)
+
+        assert snakemake(workdir, config, "--unlock", env=KEY_ENV).returncode == 0
+        beside = snakemake(workdir, config, target, timeout=300, env=KEY_ENV)
+        assert _alive(orphan), "the orphan ended before the rerun's job started: the delay is too short"
+        assert beside.returncode != 0
+        log = (workdir / "logs" / "teacher" / "00000.log").read_text()
+        assert f"is being sampled by another job (pid {orphan} on " in log, log[-2000:]
+
+        while _alive(orphan):
+            time.sleep(0.5)
+        after = snakemake(workdir, config, target, timeout=300, env=KEY_ENV)
+        assert after.returncode == 0, after.stdout[-3000:] + after.stderr[-3000:]
+        assert slow.paths["/v1/chat/completions"] == 8  # 4 problems x 2 samples, each asked once
+    rows = pq.read_table(workdir / target).to_pylist()
+    assert sorted((r["problem_id"], r["sample_index"]) for r in rows) == sorted(
+        {(r["problem_id"], r["sample_index"]) for r in rows}) and len(rows) == 8
+    (journal,) = store.glob("00000.*.jsonl")
+    assert len(journal.read_text().splitlines()) == 1 + 8  # its header and each sample once

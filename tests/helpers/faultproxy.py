@@ -9,6 +9,7 @@ import asyncio
 import json
 import random
 import threading
+from collections import Counter
 
 from aiohttp import ClientSession, web
 
@@ -32,19 +33,22 @@ HOSTILE_REPLIES = {
 
 class FaultProxy:
     def __init__(self, upstream: str, fault_rate: float = 0.0, stall_s: float = 0.0, seed: int = 0,
-                 hostile: tuple[str, ...] = ()):
-        """`hostile`: names from HOSTILE_REPLIES, sent in this order to the first requests."""
+                 hostile: tuple[str, ...] = (), delay_s: float = 0.0):
+        """`hostile`: names from HOSTILE_REPLIES, sent in this order to the first requests; `delay_s`: how long
+        every request waits before it is forwarded (a slow server)."""
         self.upstream = upstream.rstrip("/")
-        self.fault_rate, self.stall_s = fault_rate, stall_s
+        self.fault_rate, self.stall_s, self.delay_s = fault_rate, stall_s, delay_s
         self.rng = random.Random(seed)
         self.hostile = list(hostile)
         self.injected = {fault: 0 for fault in (*FAULTS, *hostile)}
         self.forwarded = 0
+        self.paths: Counter[str] = Counter()  # requests received, by path
         self.loop = asyncio.new_event_loop()
         self.port: int | None = None
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
+        self.paths[request.path] += 1
         if self.hostile:
             fault = self.hostile.pop(0)
         else:
@@ -60,8 +64,10 @@ class FaultProxy:
             return web.Response(status=500)
         if fault == "stall":
             await asyncio.sleep(self.stall_s)
+        await asyncio.sleep(self.delay_s)
         headers = {key: value for key, value in request.headers.items() if key.lower() in ("authorization", "content-type")}
-        async with self.session.post(f"{self.upstream}{request.path}", data=body, headers=headers) as reply:
+        async with self.session.request(request.method, f"{self.upstream}{request.path}", data=body,
+                                        headers=headers) as reply:
             payload = await reply.read()
             self.forwarded += 1
             if fault == "malformed":

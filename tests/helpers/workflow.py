@@ -72,12 +72,19 @@ def snakemake(workdir: Path, configfile: Path, *args: str, timeout: float = 1800
     """Run Snakemake on the Snakefile of checkout() in `workdir` with `configfile` and the local profile
     (`env`: variables added to the environment): `python -m snakemake ...` as a user runs it, started by
     cli_process()."""
+    command, env = snakemake_command(workdir, configfile, *args, env=env)
+    return cli_process(command, cwd=checkout(), env=env, timeout=timeout)
+
+
+def snakemake_command(workdir: Path, configfile: Path, *args: str,
+                      env: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of snakemake(), for a test that starts it with subprocess.Popen (run it
+    in checkout())."""
     env = dict(os.environ) | (env or {})
     # Jobs run `python`: the one these tests run under, whatever PATH the caller had.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    command = [*SNAKEMAKE, "-s", str(checkout() / "Snakefile"), "--directory", str(workdir), "--configfile",
-               str(configfile), "--profile", str(checkout() / "profiles" / "local"), *args]
-    return cli_process(command, cwd=checkout(), env=env, timeout=timeout)
+    return [*SNAKEMAKE, "-s", str(checkout() / "Snakefile"), "--directory", str(workdir), "--configfile",
+            str(configfile), "--profile", str(checkout() / "profiles" / "local"), *args], env
 
 
 @functools.cache
