@@ -6,14 +6,17 @@ import contextlib
 import fcntl
 import functools
 import importlib.util
-import multiprocessing
+import json
 import os
 import re
+import select
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
-import traceback
+import threading
+import time
 from pathlib import Path
 
 import yaml
@@ -87,56 +90,55 @@ def snakemake_command(workdir: Path, configfile: Path, *args: str,
             str(configfile), "--profile", str(checkout() / "profiles" / "local"), *args], env
 
 
+class _Zygote:
+    """A process that has imported Snakemake's CLI once (2.5 s of imports: its persistence layer, pandas for the
+    SLURM plugin) and forks each run from there: tests/helpers/snakemake_zygote.py."""
+
+    def __init__(self):
+        source = (Path(__file__).parent / "snakemake_zygote.py").read_text()
+        self.process = subprocess.Popen([sys.executable, "-c", source], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, bufsize=0)
+        self._buffer = b""
+        self.lock = threading.Lock()
+
+    def answer(self, timeout: float | None) -> dict | None:
+        """The zygote's next JSON line, or None if none came within `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not select.select([self.process.stdout], [], [], wait)[0]:
+                return None
+            chunk = os.read(self.process.stdout.fileno(), 65536)
+            if not chunk:
+                raise RuntimeError(f"the Snakemake zygote exited with {self.process.wait()}")
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return json.loads(line)
+
+
 @functools.cache
-def _preloaded_forks() -> multiprocessing.context.BaseContext:
-    """A fork server that has imported Snakemake's CLI once (2.5 s of imports: its persistence layer, pandas for
-    the SLURM plugin), from which each run forks."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["snakemake.cli"])
-    return context
+def _zygote() -> _Zygote:
+    return _Zygote()
 
 
 def cli_process(command: list[str], cwd: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
     """subprocess.run(command, capture_output=True, text=True, ...) for `python -m snakemake` command lines:
-    the same CLI, argv, folder and environment in a process of its own, forked from _preloaded_forks() instead
-    of importing Snakemake again. Its jobs are new processes, as with subprocess.run."""
+    the same CLI, argv, folder and environment in a process of its own, forked from _zygote() instead of
+    importing Snakemake again. Its jobs are new processes, as with subprocess.run."""
     assert command[:3] == SNAKEMAKE, command
-    with tempfile.TemporaryDirectory(prefix="snakemake-cli-") as folder:
+    zygote = _zygote()
+    with zygote.lock, tempfile.TemporaryDirectory(prefix="snakemake-cli-") as folder:
         stdout, stderr = Path(folder) / "stdout", Path(folder) / "stderr"
-        process = _preloaded_forks().Process(target=_run_cli, args=(command, str(cwd), env, str(stdout), str(stderr)))
-        process.start()
-        process.join(timeout)
-        if process.exitcode is None:
-            process.kill()
-            process.join()
+        request = {"argv": command[3:], "cwd": str(cwd), "env": env, "stdout": str(stdout), "stderr": str(stderr)}
+        zygote.process.stdin.write(json.dumps(request).encode() + b"\n")
+        pid = zygote.answer(None)["pid"]
+        status = zygote.answer(timeout)
+        if status is None:
+            os.kill(pid, signal.SIGKILL)
+            zygote.answer(None)
             raise subprocess.TimeoutExpired(command, timeout, stdout.read_text(), stderr.read_text())
-        return subprocess.CompletedProcess(command, process.exitcode, stdout.read_text(errors="replace"),
+        return subprocess.CompletedProcess(command, status["status"], stdout.read_text(errors="replace"),
                                            stderr.read_text(errors="replace"))
-
-
-def _run_cli(command: list[str], cwd: str, env: dict[str, str], stdout: str, stderr: str) -> None:
-    """In the forked process: what `python -m snakemake` does with `command`, its output in files, its exit code
-    the process's."""
-    os.chdir(cwd)
-    os.environ.clear()
-    os.environ.update(env)
-    for fd, path in ((1, stdout), (2, stderr)):
-        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
-    sys.argv = [sys.argv[0], *command[3:]]
-    code = 0
-    try:
-        from snakemake.cli import main
-        main()
-    except SystemExit as stop:
-        code = stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 1
-        if isinstance(stop.code, str):
-            print(stop.code, file=sys.stderr)
-    except BaseException:  # what the interpreter does with an uncaught exception
-        traceback.print_exc()
-        code = 1
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
 
 
 # How Snakemake announces a job, planned or run: "rule teacher:", "localrule report:", "checkpoint curate:".
