@@ -5,6 +5,7 @@ anywhere the run writes, Snakemake's own .snakemake/ included."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -14,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import TINY
 from endpoint.conftest import API_KEY, SERVED_NAME
-from helpers.faultproxy import FaultProxy
+from helpers.faultproxy import HOSTILE_REPLIES, FaultProxy
 from helpers.workflow import checkout, edited_config, snakemake, snakemake_command
 
 pytestmark = pytest.mark.e2e
@@ -57,6 +58,28 @@ def test_a_name_the_users_server_does_not_serve_fails_the_job_naming_what_it_ser
     log = (workdir / "logs" / "teacher" / "00000.log").read_text()
     assert f"serves ['{SERVED_NAME}'], not 'teacher'" in log
     assert not (workdir / TARGETS[0]).exists()
+
+
+def test_a_teacher_job_asks_again_for_each_hostile_reply_and_stores_none(tmp_path, endpoint):
+    """Through Snakemake, the teacher stage behind a proxy that answers its first completion requests with each
+    hostile reply of HOSTILE_REPLIES but the trickle (request_timeout_s: tests/endpoint/test_teacher_generation.py):
+    the job asks again for each, finishes the shard from the real server and counts what it asked again."""
+    hostile = tuple(name for name in HOSTILE_REPLIES if name != "trickle")
+    workdir = tmp_path / "run"
+    with FaultProxy(endpoint.base_url.removesuffix("/v1"), hostile=hostile) as proxy:
+        config = _config(tmp_path, proxy, **{"teacher.concurrency": 8, "teacher.max_attempts": 3})
+        result = snakemake(workdir, config, TARGETS[0], timeout=600, env=KEY_ENV)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert proxy.injected == {fault: 0 for fault in proxy.injected} | {name: 1 for name in hostile}
+    log = (workdir / "logs" / "teacher" / "00000.log").read_text()
+    summary = json.loads(next(line for line in log.splitlines() if " summary " in line).split(" summary ", 1)[1])
+    assert summary["retried"] == {"MalformedReply": len(hostile)} and summary["failed"] == 0, summary
+    rows = pq.read_table(workdir / TARGETS[0]).to_pylist()
+    assert len(rows) == 8 and all(len(row["response"]) < 5000 for row in rows)  # not the 10 kB or 20 MB answers
+    for row in rows:
+        row["response"].encode("utf-8")  # no lone surrogate
+    (store,) = (workdir / "results" / "teacher" / ".samples").glob("00000.*.jsonl")
+    assert len(store.read_text().splitlines()) == 1 + 8
 
 
 def test_an_endpoint_without_v1_fails_the_job_at_once_saying_where_the_api_is(tmp_path, endpoint):

@@ -127,14 +127,16 @@ def test_every_hostile_reply_is_retried_and_counted_and_never_stored(endpoint, s
     sampling = Sampling(samples_per_problem=1, temperature=0.6, top_p=0.95, max_tokens=8, seed=7)
     clean, _ = sample(ROWS, endpoint.base_url, SERVED_NAME, "boxed_cot_v1", sampling, ClientSettings(concurrency=6),
                       api_key=API_KEY, render=render)
-    settings = ClientSettings(concurrency=6, request_timeout_s=5.0, max_attempts=3, backoff_base_s=0.05,
+    # The trickled reply would take minutes; a real one takes a second or two, more on a loaded machine.
+    settings = ClientSettings(concurrency=6, request_timeout_s=20.0, max_attempts=5, backoff_base_s=0.05,
                               backoff_max_s=0.2)
     with FaultProxy(endpoint.base_url.removesuffix("/v1"), hostile=tuple(HOSTILE_REPLIES)) as proxy:
         records, summary = sample(ROWS, proxy.base_url, SERVED_NAME, "boxed_cot_v1", sampling, settings,
                                   api_key=API_KEY, render=render)
     assert proxy.injected == {fault: 0 for fault in proxy.injected} | {name: 1 for name in HOSTILE_REPLIES}
-    assert summary["retried"] == {"MalformedReply": len(HOSTILE_REPLIES) - 1, "TimeoutError": 1}, summary
-    assert summary["elapsed_s"] < 60  # the trickled reply alone would take minutes
+    assert summary["retried"]["MalformedReply"] == len(HOSTILE_REPLIES) - 1, summary
+    assert summary["retried"]["TimeoutError"] >= 1 and summary["failed"] == 0, summary  # the trickle, cut off
+    assert summary["elapsed_s"] < 300  # the trickled reply (about 600 bytes, one a second) was not waited for
     assert [(r["problem_id"], r["response"]) for r in records] == [(r["problem_id"], r["response"]) for r in clean]
 
 

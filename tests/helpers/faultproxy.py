@@ -34,7 +34,7 @@ HOSTILE_REPLIES = {
 class FaultProxy:
     def __init__(self, upstream: str, fault_rate: float = 0.0, stall_s: float = 0.0, seed: int = 0,
                  hostile: tuple[str, ...] = (), delay_s: float = 0.0):
-        """`hostile`: names from HOSTILE_REPLIES, sent in this order to the first requests; `delay_s`: how long
+        """`hostile`: names from HOSTILE_REPLIES, sent in this order to the first completion requests; `delay_s`: how long
         every request waits before it is forwarded (a slow server)."""
         self.upstream = upstream.rstrip("/")
         self.fault_rate, self.stall_s, self.delay_s = fault_rate, stall_s, delay_s
@@ -49,7 +49,7 @@ class FaultProxy:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         self.paths[request.path] += 1
-        if self.hostile:
+        if self.hostile and request.path.endswith("completions"):
             fault = self.hostile.pop(0)
         else:
             fault = self.rng.choice(FAULTS) if self.rng.random() < self.fault_rate else None
