@@ -89,6 +89,16 @@ def _count(usage: dict, key: str) -> int:
     return value
 
 
+def token_count_problem(text_bytes: int, completion_tokens: int, max_tokens: int | None) -> str | None:
+    """Why a text of `text_bytes` bytes cannot be `completion_tokens` tokens of an answer capped at `max_tokens`,
+    or None: the check a reply (read_reply) and a stored sample (mathsft.journal) both pass."""
+    if max_tokens is not None and completion_tokens > max_tokens:
+        return f"reports {completion_tokens} completion tokens; {max_tokens} were asked for"
+    if text_bytes > completion_tokens * REPLY_BYTES_PER_TOKEN:
+        return f"text ({text_bytes} bytes) is longer than its {completion_tokens} completion tokens can be"
+    return None
+
+
 def read_reply(body: bytes, api: str, max_tokens: int) -> Reply:
     """The completion in a reply body (a chat or text completion with n=1), or MalformedReply saying what is
     wrong with it."""
@@ -120,11 +130,9 @@ def read_reply(body: bytes, api: str, max_tokens: int) -> Reply:
     if not isinstance(usage, dict):
         raise MalformedReply("reply has no usage")
     prompt_tokens, completion_tokens = _count(usage, "prompt_tokens"), _count(usage, "completion_tokens")
-    if completion_tokens > max_tokens:
-        raise MalformedReply(f"reply reports {completion_tokens} completion tokens; {max_tokens} were asked for")
-    if size > completion_tokens * REPLY_BYTES_PER_TOKEN:
-        raise MalformedReply(f"reply's text ({size} bytes) is longer than its {completion_tokens} completion "
-                             f"tokens can be")
+    problem = token_count_problem(size, completion_tokens, max_tokens)
+    if problem:
+        raise MalformedReply(f"reply {problem}")
     return Reply(text, choice["finish_reason"], prompt_tokens, completion_tokens)
 
 

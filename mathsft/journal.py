@@ -25,7 +25,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from mathsft.generate import REPLY_BYTES_PER_TOKEN, reply_byte_limit
+from mathsft.generate import reply_byte_limit, token_count_problem
 from mathsft.io import TRAJECTORY_SCHEMA, fsync_parent
 
 log = logging.getLogger(__name__)
@@ -197,12 +197,12 @@ class Journal:
         model = self.fingerprint.get("model")
         if model is not None and record["model"] != model:
             return f"model {str(record['model'])[:60]!r} is not the store's {model!r}"
-        max_tokens, tokens = self.fingerprint.get("max_tokens"), record.get("completion_tokens")
+        tokens = record.get("completion_tokens")
         if tokens is not None:
-            if max_tokens is not None and tokens > max_tokens:
-                return f"{tokens} completion tokens, above max_tokens {max_tokens}"
-            if len(record["response"].encode("utf-8")) > tokens * REPLY_BYTES_PER_TOKEN:
-                return f"a response longer than its {tokens} completion tokens can be"
+            problem = token_count_problem(len(record["response"].encode("utf-8")), tokens,
+                                          self.fingerprint.get("max_tokens"))
+            if problem:
+                return f"its response {problem}"
         if self.rows is not None:
             index = record["row_index"]
             if index >= len(self.rows):
