@@ -28,7 +28,7 @@ include: "rules/cost.smk"
 # One handler each: Snakemake keeps only the last one a Snakefile declares.
 onstart:
     record_invocation_start()
-    watch_pending_slurm_jobs()
+    watch_slurm_jobs()
 
 
 onsuccess:

@@ -488,9 +488,13 @@ def check_config():
 check_config()
 
 
-def watch_pending_slurm_jobs():
-    """onstart: under SLURM, a job no node can take (pending with reason PartitionConfig, PartitionNodeLimit, ...)
-    is reported with that reason and cancelled, instead of the run waiting without a word (mathsft/slurm.py)."""
+def watch_slurm_jobs():
+    """onstart: under SLURM, a job whose state a status check could not read stays followed (mathsft/slurm_status.py:
+    the plugin forgets it, and the run waits forever); a job no node can take (pending with reason PartitionConfig,
+    PartitionNodeLimit, ...) is reported with that reason and cancelled, instead of the run waiting without a word
+    (mathsft/slurm.py)."""
     from mathsft.slurm import watch_pending_jobs_of
+    from mathsft.slurm_status import keep_unread_jobs_of
 
+    keep_unread_jobs_of(workflow)
     watch_pending_jobs_of(workflow)

@@ -380,12 +380,13 @@ def test_two_node_training_asks_for_two_nodes_and_gpus_per_node(slurm_run, clust
     assert process.returncode != 0 and f"SLURM-job '{job['JobId']}' failed" in output
 
 
-def run_until(command: list[str], log: Path, pattern: str, seconds: float) -> tuple[subprocess.Popen, float]:
+def run_until(command: list[str], log: Path, pattern: str, seconds: float,
+              env: dict[str, str] | None = None) -> tuple[subprocess.Popen, float]:
     """Start `command` with its output in `log`; the seconds until its output matched `pattern`, which must
     happen within `seconds` (else the process is killed and the test fails). The process goes on."""
     started = time.monotonic()
     with log.open("w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=job_env())
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env or job_env())
     while True:
         exited = process.poll() is not None  # before reading: what it wrote before exiting is read
         if re.search(pattern, log.read_text()):
@@ -461,6 +462,47 @@ def test_a_job_waiting_for_drained_nodes_is_reported_and_runs_once_they_return(c
     assert process.returncode == 0, output[-5000:]  # reported, not cancelled: it ran once the node was back
     assert (workdir / "results" / "data" / "problems.parquet").is_file()
     assert len(re.findall(waiting, output)) == 1
+
+
+def fail_one_status_check(bin_dir: Path, failed: Path) -> Path:
+    """A `scontrol` first on PATH whose first `show config` asked while a job is queued fails as a busy
+    controller's does (the plugin asks at each status check), then is the real one: a fault the real controller
+    cannot be made to produce on demand. `failed` is written when it has failed."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    scontrol, squeue = (shutil.which(name, path=job_env()["PATH"]) for name in ("scontrol", "squeue"))
+    shim = bin_dir / "scontrol"
+    shim.write_text(f"""#!/bin/sh
+if [ "$1 $2" = "show config" ] && [ ! -e {failed} ] && [ -n "$({squeue} --noheader --format=%i)" ]; then
+    touch {failed}
+    echo "slurm_load_ctl_conf error: Socket timed out on send/recv operation" >&2
+    exit 1
+fi
+exec {scontrol} "$@"
+""")
+    shim.chmod(0o755)
+    return bin_dir
+
+
+def test_a_job_whose_state_a_status_check_could_not_read_stays_followed_and_the_run_finishes(cluster, tmp_path):
+    """One failed `scontrol show config` makes the plugin ask sacct, which this cluster (no accounting) refuses;
+    the plugin then forgets the job, and without mathsft/slurm_status.py Snakemake waits for it forever."""
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    failed = tmp_path / "show-config-failed"
+    log = tmp_path / "run.log"
+    before = {job["JobId"] for job in cluster_jobs()}
+    started = time.monotonic()
+    process, _ = run_until(only_prepare_data(workdir), log, "has been submitted with SLURM jobid", 120,
+                           env=job_env(fail_one_status_check(tmp_path / "bin", failed)))
+    output = finished(process, log, timeout=240)
+    print(f"\none status check failed: snakemake exited {process.returncode} after {time.monotonic() - started:.1f} s")
+    assert process.returncode == 0, output[-5000:]
+    assert failed.exists() and "Falling back to 'sacct' for status queries (MinJobAge=None" in output
+    assert re.search(r"SLURM: the state of 1 job\(s\) \(\d+\) could not be read", output)
+    assert "SLURM: job states read again after 1 failed status check(s)." in output
+    assert [(job["rule"], job["JobState"]) for job in cluster_jobs() if job["JobId"] not in before] == [
+        ("prepare_data", "COMPLETED")]
+    assert (workdir / "results" / "data" / "problems.parquet").is_file()
 
 
 def test_more_than_one_node_without_srun_is_refused_before_any_job(tmp_path):

@@ -43,7 +43,7 @@ def test_each_handler_is_declared_once_since_snakemake_keeps_only_the_last():
     sources = [path.read_text() for path in [REPO / "Snakefile", *sorted((REPO / "rules").glob("*.smk"))]]
     for handler in ("onstart", "onsuccess", "onerror"):
         assert sum(len(re.findall(rf"^{handler}:", text, flags=re.M)) for text in sources) <= 1, handler
-    assert re.search(r"^onstart:\n    record_invocation_start\(\)\n    watch_pending_slurm_jobs\(\)", sources[0], re.M)
+    assert re.search(r"^onstart:\n    record_invocation_start\(\)\n    watch_slurm_jobs\(\)", sources[0], re.M)
 
 
 def test_the_embedded_default_plans_one_teacher_shard_and_two_benchmarks(tmp_path):
