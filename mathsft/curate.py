@@ -8,7 +8,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from mathsft.io import SCORED_SCHEMA, write_json, write_parquet
+from mathsft.io import OPTIONAL_COLUMNS, SCORED_SCHEMA, write_json, write_parquet
 
 SQL_PATH = Path(__file__).with_name("sql") / "curate.sql"
 SELECTIONS = ("shortest", "random")
@@ -51,7 +51,7 @@ def check_inputs(files: list[str]) -> None:
             names = pq.read_schema(path).names
         except (pa.ArrowInvalid, OSError) as exc:
             raise ValueError(f"{path}: not a readable parquet file ({exc}); rerun the reward stage for it") from exc
-        missing = [name for name in SCORED_SCHEMA.names if name not in names]
+        missing = [name for name in SCORED_SCHEMA.names if name not in names and name not in OPTIONAL_COLUMNS]
         if missing:
             raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; is this the output of the reward stage?")
 
@@ -76,10 +76,13 @@ def curate(files: list[str], train_path: str, val_path: str, stats_path: str, se
     # Pass 2: the kept traces with all their columns, fetched by their place in the files (a late
     # materialisation), train first, each side in (problem_id, sample_index) order: one read of the texts,
     # and only the kept ones are held, once, in Arrow.
-    columns = ", ".join(f"t.{name}" for name in SCORED_SCHEMA.names)
+    # Shards scored before a column of OPTIONAL_COLUMNS existed lack it: it is left out here, and written as nulls.
+    present = {name for name, *_ in con.sql("DESCRIBE SELECT * FROM read_parquet($files, union_by_name = true)",
+                                             params={"files": list(files)}).fetchall()}
+    columns = ", ".join(f"t.{name}" for name in SCORED_SCHEMA.names if name in present)
     kept = con.sql(
         f"""SELECT {columns}
-            FROM read_parquet($files) t
+            FROM read_parquet($files, union_by_name = true) t
             JOIN (SELECT file_index, file_row_number, split FROM curation WHERE stage = 'kept') k
               ON t.file_index = k.file_index AND t.file_row_number = k.file_row_number
             ORDER BY k.split, t.problem_id, t.sample_index""",

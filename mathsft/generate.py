@@ -76,10 +76,15 @@ def reply_byte_limit(max_tokens: int) -> int:
 
 @dataclass(frozen=True)
 class Reply:
-    text: str
+    text: str  # the content ("" where a server that split off the thought sent null: a thought cut short)
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
+    reasoning: str | None = None  # the thought, where the server's reasoning parser split it off (mathsft.turns)
+
+
+# Where servers put the thought they split off: vLLM 0.32's reasoning parsers, then earlier vLLM and other servers.
+REASONING_FIELDS = ("reasoning", "reasoning_content")
 
 
 def _count(usage: dict, key: str) -> int:
@@ -112,16 +117,20 @@ def read_reply(body: bytes, api: str, max_tokens: int) -> Reply:
     if not isinstance(choices, list) or len(choices) != 1 or not isinstance(choices[0], dict):
         raise MalformedReply(f"reply has {len(choices) if isinstance(choices, list) else 'no'} choices, not one")
     choice = choices[0]
+    reasoning = None
     if api == "chat":
         message = choice.get("message")
         text = message.get("content") if isinstance(message, dict) else None
+        reasoning = _reasoning(message) if isinstance(message, dict) else None
+        if text is None and reasoning is not None:
+            text = ""  # the thought never ended: a parser sends no content
     else:
         text = choice.get("text")
     if not isinstance(text, str):
         raise MalformedReply(f"reply's choice has no text ({'message.content' if api == 'chat' else 'text'} is "
                              f"{type(text).__name__})")
     try:
-        size = len(text.encode("utf-8"))
+        size = len(text.encode("utf-8")) + len((reasoning or "").encode("utf-8"))
     except UnicodeEncodeError:
         raise MalformedReply("reply's text holds a lone surrogate (\\ud800-\\udfff): no UTF-8 text") from None
     if choice.get("finish_reason") not in FINISH_REASONS:
@@ -133,7 +142,17 @@ def read_reply(body: bytes, api: str, max_tokens: int) -> Reply:
     problem = token_count_problem(size, completion_tokens, max_tokens)
     if problem:
         raise MalformedReply(f"reply {problem}")
-    return Reply(text, choice["finish_reason"], prompt_tokens, completion_tokens)
+    return Reply(text, choice["finish_reason"], prompt_tokens, completion_tokens, reasoning)
+
+
+def _reasoning(message: dict) -> str | None:
+    """The thought a server split off into a field of its own, or None; two fields that disagree are refused."""
+    values = [message[key] for key in REASONING_FIELDS if message.get(key) is not None]
+    if any(not isinstance(value, str) for value in values):
+        raise MalformedReply(f"reply's reasoning is {type(values[0]).__name__}, not text")
+    if len(set(values)) > 1:
+        raise MalformedReply(f"reply's {' and '.join(REASONING_FIELDS)} differ")
+    return values[0] if values else None
 
 
 def _bounded_http_client(limit: int):
@@ -232,7 +251,7 @@ async def _sample_one(client, semaphore, served_model_name: str, model_id: str, 
             try:
                 reply = await _request(client, served_model_name, messages, render, sampling, request_seed, settings)
                 return record | {
-                    "response": reply.text, "finish_reason": reply.finish_reason,
+                    "response": reply.text, "reasoning": reply.reasoning, "finish_reason": reply.finish_reason,
                     "prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens,
                     "latency_s": time.monotonic() - started, "error": None,
                 }
@@ -298,14 +317,16 @@ def sample(rows: list[dict], base_url: str, served_model_name: str, prompt_templ
            journal: "Journal | None" = None,
            render: Callable[[list[dict]], str] | None = None,
            model_id: str | None = None,
-           stored: dict[tuple[int, int], dict] | None = None) -> tuple[list[dict], dict[str, Any]]:
+           stored: dict[tuple[int, int], dict] | None = None,
+           think_prefilled: bool | None = None) -> tuple[list[dict], dict[str, Any]]:
     """Sample `samples_per_problem` responses for each problem row from `served_model_name` (the name requests
     use; records keep `model_id`, the weights behind it, default the served name, with the served name beside it
     where the two differ). Returns the successful records (each row's own fields + the sample's), ordered by
     (row, sample index), and a summary; raises GenerationFailed when more than `max_failed_fraction` of the
     samples failed. With a journal, samples it already holds are not requested again and each new one is
     appended as it finishes. With `render` (messages -> prompt text, e.g. a chat template), the
-    text-completions API is used instead of chat."""
+    text-completions API is used instead of chat. `think_prefilled`: whether the prompts end inside an opened
+    <think> (mathsft.turns; None: not known), stored with each new sample."""
     from tqdm import tqdm
 
     # `stored`: what the caller already loaded from the journal (it decided from it whether a server is needed).
@@ -320,6 +341,7 @@ def sample(rows: list[dict], base_url: str, served_model_name: str, prompt_templ
 
     def progress(record):
         nonlocal tokens
+        record["think_prefilled"] = think_prefilled
         tokens += record.get("completion_tokens") or 0
         if journal is not None and record["error"] is None:
             journal.append({k: v for k, v in record.items() if k != "error"})

@@ -30,9 +30,18 @@ _METADATA_FIELDS = [
 ]
 METADATA_COLUMNS = tuple(name for name, _ in _METADATA_FIELDS)
 
+# A reasoning model's turn as the server returned it (mathsft.turns): `response` holds the content, and these the
+# thought where the server split it off (vLLM's reasoning parser: its `reasoning` field, `reasoning_content` on
+# other servers) and whether the prompt ended inside an opened <think>. Samples stored before they existed read
+# as null: no thought field, prompt unknown (a finished run is neither resampled nor rescored for them).
+_TURN_FIELDS = [
+    ("reasoning", pa.string()),
+    ("think_prefilled", pa.bool_()),
+]
+
 # Columns added to a schema after files of it were written: a row or file without them is read and written with
 # them null (every other column of the schema is required).
-OPTIONAL_COLUMNS = frozenset(METADATA_COLUMNS)
+OPTIONAL_COLUMNS = frozenset(METADATA_COLUMNS) | frozenset(name for name, _ in _TURN_FIELDS)
 
 # An evaluation set: its problems and their metadata (results/data/bench/{bench}.parquet).
 BENCHMARK_SCHEMA = pa.schema(list(PROBLEM_SCHEMA) + [pa.field(name, type_) for name, type_ in _METADATA_FIELDS])
@@ -60,7 +69,7 @@ _SAMPLE_FIELDS = [
     # bytes of every stored shard and rerun every finished stage after it.
     ("seed", pa.int64()),
     ("latency_s", pa.float64()),
-]
+] + _TURN_FIELDS
 
 TRAJECTORY_SCHEMA = pa.schema(_SAMPLE_FIELDS)
 

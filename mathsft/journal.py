@@ -26,7 +26,7 @@ from typing import Any
 import pyarrow as pa
 
 from mathsft.generate import reply_byte_limit, token_count_problem
-from mathsft.io import TRAJECTORY_SCHEMA, fsync_parent
+from mathsft.io import OPTIONAL_COLUMNS, TRAJECTORY_SCHEMA, fsync_parent
 
 log = logging.getLogger(__name__)
 VERSION = 1
@@ -103,6 +103,8 @@ def _record_problem(record: Any, schema: pa.Schema) -> str | None:
     fields = [pa.field("row_index", pa.int64(), nullable=False)] + list(schema)
     for field in fields:
         if field.name not in record:
+            if field.name in OPTIONAL_COLUMNS:  # a record stored before the column existed: null
+                continue
             return f"missing key {field.name!r}"
         value = record[field.name]
         if value is None:
@@ -199,8 +201,8 @@ class Journal:
             return f"model {str(record['model'])[:60]!r} is not the store's {model!r}"
         tokens = record.get("completion_tokens")
         if tokens is not None:
-            problem = token_count_problem(len(record["response"].encode("utf-8")), tokens,
-                                          self.fingerprint.get("max_tokens"))
+            text_bytes = len(record["response"].encode("utf-8")) + len((record.get("reasoning") or "").encode("utf-8"))
+            problem = token_count_problem(text_bytes, tokens, self.fingerprint.get("max_tokens"))
             if problem:
                 return f"its response {problem}"
         if self.rows is not None:

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from typing import Iterable
 
+from mathsft.turns import answer_of
+
 log = logging.getLogger(__name__)
 
 # The only values verifier_status takes (mathsft.io's scored schemas store it as a string).
@@ -189,8 +191,9 @@ def status_counts(scores: list[Score]) -> dict[str, int]:
 
 
 def score_rows(rows: list[dict], workers: int, timeout_s: float) -> list[Score]:
-    """Score rows with `response` and gold `answer` in place (extracted_answer, reward, verifier_status)."""
-    scores = score_all(((row["response"], row["answer"]) for row in rows), workers, timeout_s)
+    """Score rows in place (extracted_answer, reward, verifier_status): the answer of each `response` (after a
+    reasoning model's thought, never inside it: mathsft.turns) against the gold `answer`."""
+    scores = score_all(((answer_of(row), row["answer"]) for row in rows), workers, timeout_s)
     for row, score in zip(rows, scores, strict=True):
         row.update(extracted_answer=score.extracted_answer, reward=score.reward, verifier_status=score.verifier_status)
     return scores

@@ -5,12 +5,15 @@ teacher stage (mathsft.teacher) and evaluation (mathsft.sample_eval) both sample
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 from mathsft.generate import ClientSettings, Sampling, journal_fingerprint, sample
 from mathsft.journal import Journal, hold_output, store_path
+from mathsft.prompts import build_messages
 from mathsft.serve import external_endpoint, serving
+from mathsft.turns import prompt_prefills_think
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +74,24 @@ def renderer(sampler: Sampler) -> Callable[[list[dict]], str] | None:
     return lambda messages: tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
+def think_prefilled(sampler: Sampler, render: Callable[[list[dict]], str] | None, model_id: str) -> bool | None:
+    """Whether the job's prompts end inside an opened <think> (R1-style chat templates; mathsft.turns), from the
+    chat template that renders them: ours for text completions, else the model's where its files are here (a
+    managed server's model, or a user's server on this machine); None where they are not."""
+    if render is None:
+        folder = sampler.tokenizer or model_id
+        if not os.path.isdir(folder):
+            return None
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        if not tokenizer.chat_template:
+            return None
+        render = lambda messages: tokenizer.apply_chat_template(messages, tokenize=False,  # noqa: E731
+                                                                add_generation_prompt=True)
+    return prompt_prefills_think(render(build_messages("1", sampler.prompt_template)))
+
+
 def sample_rows(sampler: Sampler, rows: list[dict], output: str, schema) -> tuple[list[dict], dict]:
     """Sample `samples_per_problem` answers per row, reusing the sample store beside `output` (records of `schema`):
     the server, the user's or a managed one, is reached only when some sample is missing from it. Returns the
@@ -79,7 +100,8 @@ def sample_rows(sampler: Sampler, rows: list[dict], output: str, schema) -> tupl
     hold_output(output)  # until this job ends: a second job on the same output stops here, naming this one
     render = renderer(sampler)
     server, sampling = sampler.server, sampler.sampling
-    fingerprint = journal_fingerprint(rows, model_id_of(server), sampler.prompt_template, sampling, sampler.api,
+    model_id = model_id_of(server)
+    fingerprint = journal_fingerprint(rows, model_id, sampler.prompt_template, sampling, sampler.api,
                                       [] if server.endpoint else server.managed_args())
     store = Journal(store_path(output, fingerprint), fingerprint, schema=schema, rows=rows)
     stored = store.load()
@@ -89,9 +111,10 @@ def sample_rows(sampler: Sampler, rows: list[dict], output: str, schema) -> tupl
                  len(rows) * sampling.samples_per_problem, store.path)
         return sample(rows, "", server.model, sampler.prompt_template, sampling, sampler.client, journal=store,
                       render=render, stored=stored)
+    prefilled = think_prefilled(sampler, render, model_id)
     with serving(server.model, server.endpoint, server.log or output + ".server.log", server.managed_args(),
                  dict(server.env), server.health_timeout_s, api_key=server.api_key,
                  served_model_name=server.served_model_name) as endpoint:
         return sample(rows, endpoint.base_url, endpoint.served_model_name, sampler.prompt_template, sampling,
                       sampler.client, api_key=endpoint.api_key, check_alive=endpoint.check_alive, journal=store,
-                      render=render, model_id=endpoint.model_id, stored=stored)
+                      render=render, model_id=endpoint.model_id, stored=stored, think_prefilled=prefilled)

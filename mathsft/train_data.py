@@ -10,17 +10,19 @@ from mathsft.chat import tokenize_example
 from mathsft.io import SCORED_SCHEMA, read_parquet
 from mathsft.packing import pack
 from mathsft.train_settings import TrainConfig
+from mathsft.turns import sft_text
 
 
 def load_examples(paths: tuple[str, ...] | list[str], tokenizer, end_of_turn_id: int,
                   max_length: int) -> tuple[list[tuple[list[int], list[int]]], int]:
     """Tokenised (input_ids, labels) for each curated trace of the parquet files `paths`, read in that order as
-    one set; traces longer than `max_length` are dropped (counted), never truncated: a truncated trace teaches
-    the model to stop before its answer."""
+    one set, each as the teacher's whole turn (mathsft.turns.sft_text: a thought and its answer, however the
+    server returned them); traces longer than `max_length` are dropped (counted), never truncated: a truncated
+    trace teaches the model to stop before its answer."""
     rows = [row for path in paths for row in read_parquet(path, SCORED_SCHEMA).to_pylist()]
     examples, too_long = [], 0
     for row in rows:
-        input_ids, labels = tokenize_example(tokenizer, json.loads(row["messages"]), row["response"], end_of_turn_id)
+        input_ids, labels = tokenize_example(tokenizer, json.loads(row["messages"]), sft_text(row), end_of_turn_id)
         if len(input_ids) > max_length:
             too_long += 1
             continue

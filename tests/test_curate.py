@@ -24,7 +24,8 @@ def _row(pid, k, reward=1.0, finish="stop", tokens=10, prompt_tokens=5, source="
         "served_model_name": None,
         "prompt_template": "boxed_cot_v1", "api": "chat", "temperature": 0.6, "top_p": 0.95, "max_tokens": 100,
         "seed": k,
-        "latency_s": 0.1, "extracted_answer": "1", "reward": reward, "verifier_status": "correct",
+        "latency_s": 0.1, "reasoning": None, "think_prefilled": False, "extracted_answer": "1", "reward": reward,
+        "verifier_status": "correct",
     }
 
 
@@ -238,3 +239,22 @@ def test_no_inputs_is_an_error(tmp_path):
 def test_a_shard_given_twice_is_an_error_not_twice_the_traces(tmp_path, scored_shards):
     with pytest.raises(ValueError, match="repeated traces.*scored0.parquet, .*scored0.parquet"):
         _curate(tmp_path, scored_shards + scored_shards[:1])
+
+
+def test_shards_scored_before_the_turn_columns_existed_are_curated_with_them_null(tmp_path):
+    """A finished run's scored shards lack reasoning and think_prefilled (mathsft.io OPTIONAL_COLUMNS): curate
+    reads them as they are, and writes the columns as nulls."""
+    old_columns = [name for name in SCORED_SCHEMA.names if name not in ("reasoning", "think_prefilled")]
+    rows = [_row(_pid(i), 0) for i in range(4)]
+    old = tmp_path / "old.parquet"
+    pq.write_table(pa.Table.from_pylist([{k: row[k] for k in old_columns} for row in rows],
+                                        schema=pa.schema([SCORED_SCHEMA.field(k) for k in old_columns])), old)
+    new = _shards(tmp_path, [_row(_pid(9), 0) | {"reasoning": "thought", "think_prefilled": True}], n=1, name="new")
+    for files in ([str(old)], [str(old), *new]):
+        stats, train, val = _curate(tmp_path, files, tag=str(len(files)))
+        assert stats["funnel"]["kept"] == {1: 4, 2: 5}[len(files)]
+        by_problem = {row["problem_id"]: row for row in train + val}
+        assert all(by_problem[_pid(i)]["reasoning"] is None and by_problem[_pid(i)]["think_prefilled"] is None
+                   for i in range(4))
+        if len(files) == 2:
+            assert (by_problem[_pid(9)]["reasoning"], by_problem[_pid(9)]["think_prefilled"]) == ("thought", True)

@@ -55,6 +55,25 @@ def test_a_well_formed_reply_gives_its_text_finish_reason_and_token_counts():
     assert read_reply(json.dumps(text).encode(), "completions", max_tokens=8) == Reply("4", "length", 12, 7)
 
 
+def test_a_thought_the_server_split_off_is_kept_beside_the_content():
+    """vLLM's reasoning parser: the thought in `reasoning` (0.32) or `reasoning_content` (earlier versions, other
+    servers); content null where the thought never ended."""
+    def split(message):
+        return json.dumps(_reply(choices=[{"index": 0, "message": {"role": "assistant", **message},
+                                           "finish_reason": "stop"}])).encode()
+
+    both = {"content": "$4$", "reasoning": "2+2"}
+    assert read_reply(split(both), "chat", 8) == Reply("$4$", "stop", 12, 7, "2+2")
+    assert read_reply(split({"content": "$4$", "reasoning_content": "2+2"}), "chat", 8).reasoning == "2+2"
+    assert read_reply(split(both | {"reasoning_content": "2+2"}), "chat", 8).reasoning == "2+2"
+    assert read_reply(split({"content": None, "reasoning": "2+2"}), "chat", 8) == Reply("", "stop", 12, 7, "2+2")
+    for message, refused in (({"content": "$4$", "reasoning": "a", "reasoning_content": "b"}, "differ"),
+                             ({"content": "$4$", "reasoning": ["a"]}, "reasoning is list"),
+                             ({"content": "x", "reasoning": "y" * 2000}, "longer than its 7 completion tokens")):
+        with pytest.raises(MalformedReply, match=refused):
+            read_reply(split(message), "chat", 8)
+
+
 CHOICE = _reply()["choices"][0]
 MALFORMED = [
     (b"<html>busy</html>", "not JSON"),

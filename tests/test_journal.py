@@ -53,6 +53,25 @@ def test_records_survive_a_reopen_and_the_first_of_duplicates_wins(tmp_path):
     assert set(loaded) == {(0, 0), (0, 1)} and loaded[(0, 0)]["response"] == "first"
 
 
+def test_records_stored_before_the_turn_columns_existed_load_and_are_written_with_them_null(tmp_path):
+    """_record holds no reasoning or think_prefilled (samples a store kept before they existed): loaded, never
+    asked again, and written as nulls; a record that holds them must hold the right types."""
+    journal = Journal(tmp_path / "j.jsonl", FINGERPRINT)
+    journal.append(_record(0, 0))
+    journal.append(_record(1, 0) | {"reasoning": "2+2", "think_prefilled": True})
+    journal.append(_record(2, 0) | {"reasoning": 4})
+    journal.close()
+    again = Journal(tmp_path / "j.jsonl", FINGERPRINT)
+    loaded = again.load()
+    assert set(loaded) == {(0, 0), (1, 0)} and again.skipped == 1
+    write_parquet([{k: v for k, v in record.items() if k != "row_index"} for record in loaded.values()],
+                  tmp_path / "out.parquet", TRAJECTORY_SCHEMA)
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(tmp_path / "out.parquet").to_pylist()
+    assert [(row["reasoning"], row["think_prefilled"]) for row in rows] == [(None, None), ("2+2", True)]
+
+
 def test_a_torn_last_line_is_dropped_and_appends_continue_on_a_clean_line(tmp_path):
     path = tmp_path / "j.jsonl"
     journal = Journal(path, FINGERPRINT)
