@@ -67,16 +67,16 @@ def store_file(output: Path) -> Path:
     return found[0] if found else output.parent / ".samples" / "none-yet.jsonl"
 
 
-def keyed_server(model_dir: Path, log: Path, api_key: str, served_model_name: str = "m"):
-    """A real vLLM server with the embedded default's CPU settings that demands `api_key`: a stand-in for a server
-    a user runs (ManagedServer, used as a context manager)."""
+def keyed_server(model_dir: Path, log: Path, api_key: str, served_model_name: str = "m", extra_args=()):
+    """A real vLLM server with the embedded default's CPU settings (and `extra_args`) that demands `api_key`: a
+    stand-in for a server a user runs (ManagedServer, used as a context manager)."""
     import yaml
 
     from mathsft.serve import ManagedServer
 
     server = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["server"]
-    return ManagedServer(str(model_dir), served_model_name, log, args=server["args"], env=server["env"],
-                         health_timeout_s=300, api_key=api_key)
+    return ManagedServer(str(model_dir), served_model_name, log, args=[*server["args"], *extra_args],
+                         env=server["env"], health_timeout_s=300, api_key=api_key)
 
 
 @pytest.fixture(scope="session")
