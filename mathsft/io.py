@@ -39,9 +39,11 @@ _TURN_FIELDS = [
     ("think_prefilled", pa.bool_()),
 ]
 
+TURN_COLUMNS = frozenset(name for name, _ in _TURN_FIELDS)
+
 # Columns added to a schema after files of it were written: a row or file without them is read and written with
 # them null (every other column of the schema is required).
-OPTIONAL_COLUMNS = frozenset(METADATA_COLUMNS) | frozenset(name for name, _ in _TURN_FIELDS)
+OPTIONAL_COLUMNS = frozenset(METADATA_COLUMNS) | TURN_COLUMNS
 
 # An evaluation set: its problems and their metadata (results/data/bench/{bench}.parquet).
 BENCHMARK_SCHEMA = pa.schema(list(PROBLEM_SCHEMA) + [pa.field(name, type_) for name, type_ in _METADATA_FIELDS])
@@ -105,6 +107,10 @@ def write_parquet(rows: Iterable[dict[str, Any]] | pa.Table, path: str | os.Path
                 raise ValueError(f"{path}: row {index} lacks column(s) {', '.join(missing)}")
         rows = pa.Table.from_pylist(rows, schema=schema)
     table = conform(rows, schema)
+    # A file of samples that never held a turn's parts (samples stored before the columns existed) is written as it
+    # was before them, byte for byte: a finished run's rescoring then reruns nothing after it (early cutoff).
+    empty = [name for name in sorted(TURN_COLUMNS) if name in table.column_names and table[name].null_count == len(table)]
+    table = table.drop_columns(empty)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
 

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mathsft.curate import CurateSettings, _even_chunks, curate, kept_rows
-from mathsft.io import SCORED_SCHEMA, write_parquet
+from mathsft.io import SCORED_SCHEMA, read_parquet, write_parquet
 
 MAX_LENGTH = 100
 
@@ -45,7 +45,7 @@ def _curate(tmp_path, files, tag="", threads=None, **overrides):
     out = {k: tmp_path / f"{k}{tag}.parquet" for k in ("train", "val")}
     stats = curate(files, str(out["train"]), str(out["val"]), str(tmp_path / f"stats{tag}.json"),
                    CurateSettings(**settings), threads=threads)
-    return stats, pq.read_table(out["train"]).to_pylist(), pq.read_table(out["val"]).to_pylist()
+    return stats, *(read_parquet(out[split], SCORED_SCHEMA).to_pylist() for split in ("train", "val"))
 
 
 @pytest.fixture
@@ -243,7 +243,8 @@ def test_a_shard_given_twice_is_an_error_not_twice_the_traces(tmp_path, scored_s
 
 def test_shards_scored_before_the_turn_columns_existed_are_curated_with_them_null(tmp_path):
     """A finished run's scored shards lack reasoning and think_prefilled (mathsft.io OPTIONAL_COLUMNS): curate
-    reads them as they are, and writes the columns as nulls."""
+    reads them as they are, writes the sets as before (no such column) where no trace holds them, else the
+    columns with nulls for the traces that lack them."""
     old_columns = [name for name in SCORED_SCHEMA.names if name not in ("reasoning", "think_prefilled")]
     rows = [_row(_pid(i), 0) for i in range(4)]
     old = tmp_path / "old.parquet"
@@ -254,7 +255,9 @@ def test_shards_scored_before_the_turn_columns_existed_are_curated_with_them_nul
         stats, train, val = _curate(tmp_path, files, tag=str(len(files)))
         assert stats["funnel"]["kept"] == {1: 4, 2: 5}[len(files)]
         by_problem = {row["problem_id"]: row for row in train + val}
-        assert all(by_problem[_pid(i)]["reasoning"] is None and by_problem[_pid(i)]["think_prefilled"] is None
-                   for i in range(4))
-        if len(files) == 2:
+        if len(files) == 1:  # no sample held them: the sets are written as before the columns existed
+            assert pq.read_schema(tmp_path / "train1.parquet").names == old_columns
+        else:
+            assert all(by_problem[_pid(i)]["reasoning"] is None and by_problem[_pid(i)]["think_prefilled"] is None
+                       for i in range(4))
             assert (by_problem[_pid(9)]["reasoning"], by_problem[_pid(9)]["think_prefilled"]) == ("thought", True)

@@ -107,3 +107,21 @@ def test_files_written_before_level_and_subject_existed_read_with_them_null(tmp_
     with pytest.raises(ValueError, match=r"missing column\(s\) evaluated_model, benchmark, sample_index") as error:
         read_parquet(bench, EVAL_SCHEMA)
     assert "level" not in str(error.value) and "subject" not in str(error.value)
+
+
+def test_samples_without_a_turns_parts_are_written_byte_for_byte_as_before_the_columns_existed(tmp_path):
+    """Rows stored before reasoning and think_prefilled existed: written without them, the very bytes of the old
+    schema's file (a finished run's rescored shards change nothing after them); one row holding them keeps them."""
+    import pyarrow.parquet as pq
+
+    from mathsft.io import TRAJECTORY_SCHEMA, TURN_COLUMNS
+
+    before = pa.schema([field for field in TRAJECTORY_SCHEMA if field.name not in TURN_COLUMNS])
+    row = {name: None for name in before.names} | ROW | {"sample_index": 0, "response": "2"}
+    pq.write_table(pa.Table.from_pylist([row], schema=before), tmp_path / "old.parquet", compression="zstd")
+    write_parquet([row], tmp_path / "new.parquet", TRAJECTORY_SCHEMA)
+    assert (tmp_path / "new.parquet").read_bytes() == (tmp_path / "old.parquet").read_bytes()
+    write_parquet([row, row | {"sample_index": 1, "think_prefilled": False}], tmp_path / "turns.parquet",
+                  TRAJECTORY_SCHEMA)
+    table = read_parquet(tmp_path / "turns.parquet", TRAJECTORY_SCHEMA)
+    assert table["think_prefilled"].to_pylist() == [None, False] and table["reasoning"].to_pylist() == [None, None]
