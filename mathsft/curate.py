@@ -15,6 +15,7 @@ SELECTIONS = ("shortest", "random")
 # The funnel's steps, each a subset of the one before, and the stages (sql/curate.sql) that leave at each step.
 FUNNEL_STEPS = ("generated", "correct", "finished", "fits", "kept")
 DROPPED_STAGES = ("wrong", "unfinished", "too_long", "over_cap")
+LENGTH_BINS = 30  # of the teacher's length histogram in stats.json (teacher_lengths)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,7 +72,8 @@ def curate(files: list[str], train_path: str, val_path: str, stats_path: str, se
         "SELECT split, count(*), count(DISTINCT problem_id) FROM curation WHERE stage = 'kept' GROUP BY split"
     ).fetchall():
         splits[split] = {"traces": traces, "problems": problems}
-    stats = {**_funnel(con), "splits": splits, "params": params, "inputs": sorted(files), "sql": sql}
+    stats = {**_funnel(con), "splits": splits, "teacher_lengths": teacher_lengths(con, files), "params": params,
+             "inputs": sorted(files), "sql": sql}
 
     # Pass 2: the kept traces with all their columns, fetched by their place in the files (a late
     # materialisation), train first, each side in (problem_id, sample_index) order: one read of the texts,
@@ -161,6 +163,33 @@ def _check_unique(con, files: list[str]) -> None:
                               params={"p": problem_id, "k": sample_index}).fetchall()
             where.append(f"problem {problem_id} sample {sample_index} in {', '.join(files[i] for i, in indices)}")
         raise ValueError(f"repeated traces across the scored shards ({'; '.join(where)}); is a shard listed twice?")
+
+
+def teacher_lengths(con, files: list[str], bins: int = LENGTH_BINS) -> dict:
+    """What the teacher's cap cost, per source: a histogram of completion tokens over [0, max_tokens] (`bins` equal
+    bins; a trace cut at the cap falls in the last), how many traces were cut there (finish_reason length), and the
+    problems that lost every sample to it (the funnel counts cut traces, not which problems they starve)."""
+    rows = con.sql(
+        """SELECT source, problem_id, completion_tokens, max_tokens, finish_reason = 'length' AS cut
+           FROM read_parquet($files) ORDER BY source, problem_id, sample_index""",
+        params={"files": list(files)},
+    ).fetchall()
+    caps = sorted({cap for *_, cap, _ in rows})
+    top = max(caps, default=0) or 1
+    by_source: dict[str, dict] = {}
+    per_problem: dict[tuple[str, str], bool] = {}
+    for source, problem_id, tokens, _, cut in rows:
+        entry = by_source.setdefault(source, {"samples": 0, "cut": 0, "counts": [0] * bins})
+        entry["samples"] += 1
+        entry["cut"] += bool(cut)
+        entry["counts"][min(bins - 1, (tokens or 0) * bins // top)] += 1
+        per_problem[(source, problem_id)] = per_problem.get((source, problem_id), True) and bool(cut)
+    for source, entry in by_source.items():
+        lost = sorted(problem for (where, problem), all_cut in per_problem.items() if where == source and all_cut)
+        entry["problems"] = sum(where == source for where, _ in per_problem)
+        entry["problems_all_cut"] = len(lost)
+        entry["problems_all_cut_ids"] = lost[:20]  # the first few, to look up
+    return {"max_tokens": caps, "bin_edges": [top * i / bins for i in range(bins + 1)], "by_source": by_source}
 
 
 def _funnel(con) -> dict:

@@ -124,6 +124,7 @@ def render_report(document: dict, lengths: dict[tuple[str, str], list[tuple[int,
                              "Completion tokens per sample; the dashed line is max_tokens (samples there were cut off)."))
     else:
         parts.append('<p class="note">No per-sample evaluation files were given.</p>')
+    parts += _teacher_length_parts(curation)
     parts.append('<h2 id="training">Training</h2>')
     if not runs:
         parts.append('<p class="note">No training run in this report (the SFT model is not among eval.models).</p>')
@@ -234,6 +235,53 @@ def length_figure(lengths: dict[tuple[str, str], list[tuple[int, bool]]], max_to
     for ax in axes[len(benches):]:
         ax.set_visible(False)
     return fig
+
+
+def teacher_length_figure(lengths: dict):
+    """One panel per source of the teacher's traces: the histogram of completion tokens from stats.json
+    (teacher_lengths), max_tokens marked; the last bin holds the traces cut there."""
+    sources = sorted(lengths["by_source"])
+    columns = min(3, len(sources))
+    rows = math.ceil(len(sources) / columns)
+    fig = _new_figure(columns, width_per_panel=3.6, height=2.9 * rows)
+    axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    for ax, source in zip(axes, sources):
+        entry = lengths["by_source"][source]
+        ax.stairs(entry["counts"], lengths["bin_edges"], fill=True, color=PALETTE[0], alpha=0.8)
+        for cap in lengths["max_tokens"]:
+            ax.axvline(cap, color="#888888", linestyle="--", linewidth=1)
+        ax.set_title(f"{source}: {100 * entry['cut'] / max(entry['samples'], 1):.0f}% cut at max_tokens",
+                     fontsize="medium")
+        ax.set_xlabel("completion tokens")
+        ax.set_ylabel("traces")
+    for ax in axes[len(sources):]:
+        ax.set_visible(False)
+    return fig
+
+
+def teacher_length_rows(lengths: dict) -> list[list[str]]:
+    """Per source: traces, those cut at max_tokens, problems, and the problems that lost every trace to the cap."""
+    rows = [["source", "traces", "cut at max_tokens", "problems", "problems with every trace cut"]]
+    for source, entry in sorted(lengths["by_source"].items()):
+        share = 100 * entry["cut"] / max(entry["samples"], 1)
+        rows.append([source, str(entry["samples"]), f"{entry['cut']} ({share:.0f}%)", str(entry["problems"]),
+                     f"{entry['problems_all_cut']}" + (f" ({', '.join(entry['problems_all_cut_ids'][:3])}"
+                                                      f"{', ...' if entry['problems_all_cut'] > 3 else ''})"
+                                                      if entry["problems_all_cut"] else "")])
+    return rows
+
+
+def _teacher_length_parts(curation: dict | None) -> list[str]:
+    """The teacher's traces: what its max_tokens cost, from the curation statistics."""
+    lengths = (curation or {}).get("teacher_lengths")
+    if not lengths or not lengths["by_source"]:
+        return ['<p class="note">No teacher trace lengths: the curation statistics have none (made before they '
+                "were counted: the next curation adds them).</p>"] if curation is not None else []
+    caps = ", ".join(str(cap) for cap in lengths["max_tokens"])
+    return [_figure("teacher-lengths", teacher_length_figure(lengths),
+                    f"The teacher's traces per source: completion tokens; the dashed line is its max_tokens ({caps}). "
+                    "A trace cut there is not finished, and curation drops it."),
+            _table(teacher_length_rows(lengths), text_columns=1, table_id="teacher-lengths-table")]
 
 
 def training_figure(steps: list[dict], validations: list[dict]):

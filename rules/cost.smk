@@ -88,12 +88,13 @@ def record_invocation_start():
 
 
 def print_run_summary():
-    """onsuccess: the end-of-run summary (pass@1, every metric, the paired comparisons, the cost ledger) from
-    the eval.json and cost.json this invocation wrote."""
+    """onsuccess: the end-of-run summary (what the teacher's max_tokens cost; pass@1, every metric, the paired
+    comparisons; the cost ledger) from the stats.json, eval.json and cost.json this invocation wrote."""
     from mathsft.cost import read_invocation_start
     from mathsft.summary import print_run_summary as print_summary
 
-    print_summary("results/eval.json", "results/cost.json", read_invocation_start(INVOCATION_START_FILE))
+    print_summary("results/eval.json", "results/cost.json", read_invocation_start(INVOCATION_START_FILE),
+                  stats_path="results/sft/stats.json")
 
 
 rule cost:

@@ -160,3 +160,19 @@ def test_the_ledger_reads_every_source_and_the_summary_prints_what_this_invocati
     out = io.StringIO()
     print_run_summary(tmp_path / "missing-eval.json", cost_path, started_at=cost_path.stat().st_mtime + 1, file=out)
     assert out.getvalue() == ""  # written by an earlier invocation: not this run's summary
+
+
+def test_the_run_summary_tells_what_the_teacher_cap_cost_when_this_invocation_curated(tmp_path):
+    stats_path = tmp_path / "stats.json"
+    stats_path.write_text(json.dumps({"teacher_lengths": {"max_tokens": [3584], "bin_edges": [], "by_source": {
+        "aime": {"samples": 64, "cut": 16, "counts": [], "problems": 8, "problems_all_cut": 1,
+                 "problems_all_cut_ids": ["a"]}}}}))
+    out = io.StringIO()
+    print_run_summary(tmp_path / "no-eval.json", tmp_path / "no-cost.json", stats_path.stat().st_mtime - 1, file=out,
+                      stats_path=stats_path)
+    assert out.getvalue() == ("\nteacher traces cut at max_tokens (3584), which curation drops:\n"
+                              "  aime: 16 of 64 (25.0%); 1 of 8 problems lost every trace\n")
+    out = io.StringIO()
+    print_run_summary(tmp_path / "no-eval.json", tmp_path / "no-cost.json", stats_path.stat().st_mtime + 1, file=out,
+                      stats_path=stats_path)
+    assert out.getvalue() == ""

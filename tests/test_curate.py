@@ -261,3 +261,18 @@ def test_shards_scored_before_the_turn_columns_existed_are_curated_with_them_nul
             assert all(by_problem[_pid(i)]["reasoning"] is None and by_problem[_pid(i)]["think_prefilled"] is None
                        for i in range(4))
             assert (by_problem[_pid(9)]["reasoning"], by_problem[_pid(9)]["think_prefilled"]) == ("thought", True)
+
+
+def test_stats_show_what_the_teacher_cap_cost_per_source_and_which_problems_it_starved(tmp_path):
+    starved, fed = _pid(1), _pid(2)
+    rows = ([_row(starved, k, finish="length", tokens=MAX_LENGTH, source="aime") for k in range(2)]
+            + [_row(fed, 0, finish="length", tokens=MAX_LENGTH, source="aime"), _row(fed, 1, tokens=10, source="aime")]
+            + [_row(_pid(3), k, tokens=50 + k, source="math") for k in range(2)])
+    stats, _, _ = _curate(tmp_path, _shards(tmp_path, rows))
+    lengths = stats["teacher_lengths"]
+    assert lengths["max_tokens"] == [100] and lengths["bin_edges"][0] == 0 and lengths["bin_edges"][-1] == 100
+    aime, math = lengths["by_source"]["aime"], lengths["by_source"]["math"]
+    assert (aime["samples"], aime["cut"], aime["problems"], aime["problems_all_cut"]) == (4, 3, 2, 1)
+    assert aime["problems_all_cut_ids"] == [starved]
+    assert aime["counts"][-1] == 3 and aime["counts"][3] == 1 and sum(aime["counts"]) == 4  # 10 tokens: bin 3 of 30
+    assert (math["cut"], math["problems_all_cut"], math["counts"][15]) == (0, 0, 2)  # 50 and 51 tokens

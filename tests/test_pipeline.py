@@ -81,6 +81,11 @@ def test_the_cost_ledger_counts_every_job_of_the_run_and_the_summary_prints_it(f
     assert _stage(ledger, "teacher")["max_rss_mb"] > 1000  # the job's process tree holds the vLLM server
     assert "cost per stage" in result.stdout and "total (what is here)" in result.stdout
     assert 'id="cost-table"' in (workdir / "results" / "report.html").read_text()
+    # What the teacher's cap cost, as curation counted it, is told too.
+    lengths = json.loads((workdir / "results" / "sft" / "stats.json").read_text())["teacher_lengths"]
+    generated = sum(pq.read_table(path).num_rows for path in (workdir / "results" / "teacher").glob("*.parquet"))
+    assert sum(entry["samples"] for entry in lengths["by_source"].values()) == generated
+    assert "teacher traces cut at max_tokens (160), which curation drops:" in result.stdout
     assert planned_outputs(workdir, TINY, target="results/cost.json") == {}
 
 

@@ -21,7 +21,18 @@ from helpers.workflow import REPO, edited_config, planned_outputs
 
 MODELS = ("student", "sft")
 BENCHMARKS = ("basic_arithmetic", "chain_sum")
-PLOTS = ("plot-metric-bars", "plot-comparisons", "plot-response-lengths", "plot-training-sft", "plot-curation-funnel")
+PLOTS = ("plot-metric-bars", "plot-comparisons", "plot-response-lengths", "plot-teacher-lengths", "plot-training-sft",
+         "plot-curation-funnel")
+# The teacher's trace lengths in stats.json (mathsft.curate.teacher_lengths): 30 bins over [0, 160].
+TEACHER_LENGTHS = {
+    "max_tokens": [160], "bin_edges": [160 * i / 30 for i in range(31)],
+    "by_source": {
+        "chain_sum": {"samples": 64, "cut": 4, "counts": [0] * 5 + [10, 20, 20, 10] + [0] * 20 + [4], "problems": 32,
+                      "problems_all_cut": 0, "problems_all_cut_ids": []},
+        "basic_arithmetic": {"samples": 64, "cut": 11, "counts": [0] * 8 + [23, 30] + [0] * 19 + [11], "problems": 32,
+                             "problems_all_cut": 2, "problems_all_cut_ids": ["0a1b2c3d4e5f6071", "1a1b2c3d4e5f6071"]},
+    },
+}
 
 
 def _eval_rows(model: str, bench: str, problems: int = 3, samples: int = 4) -> list[dict]:
@@ -78,7 +89,7 @@ def _synthetic_run(root: Path, training: bool = True) -> dict[str, list[str]]:
             "dropped": {"wrong": 70, "unfinished": 1, "too_long": 2, "over_cap": 3},
             "problems": {"generated": 64, "kept": 30}, "splits": {"train": {"traces": 46, "problems": 27},
                                                               "val": {"traces": 6, "problems": 3}},
-            "something_new": [1, 2, 3]}))
+            "teacher_lengths": TEACHER_LENGTHS, "something_new": [1, 2, 3]}))
         args |= {"--train_metrics": [str(metrics)], "--curation": [str(stats)], "--cost": [_cost_ledger(root)]}
     return args
 
@@ -133,6 +144,14 @@ def test_report_is_one_page_with_every_plot_inline_and_nothing_to_fetch(report):
     assert 'id="metrics-table"' in page and "maj@4" in page and "pass@4" in page
     assert 'id="funnel-by-source"' in page and "something_new" not in page
     assert 'id="comparisons-table"' in page and "sign-flip permutation test" in page
+
+
+def test_the_teacher_lengths_show_what_its_max_tokens_cost_per_source(report):
+    page = report.read_text()
+    assert "basic_arithmetic: 17% cut at max_tokens" in page and "chain_sum: 6% cut at max_tokens" in page
+    table = re.search(r'<table id="teacher-lengths-table">.*?</table>', page, re.S).group(0)
+    assert "<td>11 (17%)</td><td>32</td><td>2 (0a1b2c3d4e5f6071, 1a1b2c3d4e5f6071)</td>" in table
+    assert "<td>4 (6%)</td><td>32</td><td>0</td>" in table
 
 
 def test_the_same_inputs_make_the_same_report_bytes(report, tmp_path):
