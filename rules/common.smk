@@ -7,6 +7,7 @@ import shlex
 
 from mathsft.data import SHARD_NAME_PATTERN, shard_count, shard_name, shard_range
 from mathsft.io import file_sha256
+from mathsft.length_fit import length_errors
 from mathsft.models import EMBEDDED_PREFIX as EMBEDDED
 from mathsft.serve import check_server_settings
 from mathsft.sources import check_datasets, check_source, dataset_entry, read_catalog
@@ -483,6 +484,10 @@ def check_config():
                 what = "has no config.json" if os.path.isdir(folder) else "does not exist"
                 raise ValueError(f"{section}.model: the folder {model!r} {what}; give a folder that holds a Hugging "
                                  "Face model (config.json, weights, tokenizer) or a hub id such as Qwen/Qwen2.5-Math-1.5B")
+    # Lengths that cannot fit the student: refused now, not after the teacher's GPU-hours (mathsft/length_fit.py).
+    errors = length_errors(config, model_path(config["train"]["model"]))
+    if errors:
+        raise ValueError("\n".join(errors))
 
 
 check_config()
