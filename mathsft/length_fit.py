@@ -40,7 +40,10 @@ def read_student(model: str, revision: str | None, converted: str | os.PathLike)
         return _folder_student(Path(model))
     from huggingface_hub import try_to_load_from_cache
 
-    found = try_to_load_from_cache(model, "config.json", revision=revision)
+    try:
+        found = try_to_load_from_cache(model, "config.json", revision=revision)
+    except ValueError:  # not a hub id either (HFValidationError): whatever it is, the job that loads it says so
+        return None
     return _folder_student(Path(found).parent) if isinstance(found, str) else None
 
 
