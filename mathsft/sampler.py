@@ -5,7 +5,6 @@ teacher stage (mathsft.teacher) and evaluation (mathsft.sample_eval) both sample
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
@@ -74,17 +73,20 @@ def renderer(sampler: Sampler) -> Callable[[list[dict]], str] | None:
     return lambda messages: tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def think_prefilled(sampler: Sampler, render: Callable[[list[dict]], str] | None, model_id: str) -> bool | None:
+def think_prefilled(sampler: Sampler, render: Callable[[list[dict]], str] | None, model_id: str,
+                    revision: str | None = None) -> bool | None:
     """Whether the job's prompts end inside an opened <think> (R1-style chat templates; mathsft.turns), from the
     chat template that renders them: ours for text completions, else the model's where its files are here (a
-    managed server's model, or a user's server on this machine); None where they are not."""
+    folder, or the Hugging Face cache, which a managed server has filled by the time it serves); None where they
+    are not (a user's server on another machine)."""
     if render is None:
-        folder = sampler.tokenizer or model_id
-        if not os.path.isdir(folder):
-            return None
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(folder)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(sampler.tokenizer or model_id, revision=revision,
+                                                      local_files_only=True)
+        except (OSError, ValueError):
+            return None
         if not tokenizer.chat_template:
             return None
         render = lambda messages: tokenizer.apply_chat_template(messages, tokenize=False,  # noqa: E731
@@ -111,10 +113,10 @@ def sample_rows(sampler: Sampler, rows: list[dict], output: str, schema) -> tupl
                  len(rows) * sampling.samples_per_problem, store.path)
         return sample(rows, "", server.model, sampler.prompt_template, sampling, sampler.client, journal=store,
                       render=render, stored=stored)
-    prefilled = think_prefilled(sampler, render, model_id)
     with serving(server.model, server.endpoint, server.log or output + ".server.log", server.managed_args(),
                  dict(server.env), server.health_timeout_s, api_key=server.api_key,
                  served_model_name=server.served_model_name) as endpoint:
+        prefilled = think_prefilled(sampler, render, model_id, None if server.endpoint else server.revision)
         return sample(rows, endpoint.base_url, endpoint.served_model_name, sampler.prompt_template, sampling,
                       sampler.client, api_key=endpoint.api_key, check_alive=endpoint.check_alive, journal=store,
                       render=render, model_id=endpoint.model_id, stored=stored, think_prefilled=prefilled)

@@ -472,6 +472,14 @@ def check_config():
         raise ValueError(f"teacher.model: {config['teacher']['model']!r} is an embedded model, which only a managed "
                          "server loads; with teacher.endpoint set, give the name that server serves")
     check_server_settings(config["server"]["args"], config["server"]["env"], "server.args/server.env")
+    thinking_parser = [arg for arg in config["server"]["args"] if arg.split("=", 1)[0] == "--reasoning-parser"]
+    not_teacher = [label for label in config["eval"]["models"] if label in ("student", "sft")]
+    if thinking_parser and not_teacher:
+        raise ValueError(f"server.args: --reasoning-parser reaches every managed server, and eval.models has "
+                         f"{', '.join(not_teacher)}: a model that does not think would have its whole answer read as "
+                         "an unfinished thought and scored as no answer. Leave it out: thoughts are read from the "
+                         "reply's text without it, the same way (mathsft/turns.py); a server you run for the "
+                         "teacher (teacher.endpoint) may have it")
     for section in ("teacher", "train"):
         model = config[section]["model"]
         if (section == "teacher" and config["teacher"]["endpoint"]) or model.startswith(EMBEDDED):

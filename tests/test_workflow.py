@@ -96,6 +96,8 @@ def test_the_deepscaler_run_plans_hub_fetches_and_one_teacher_job_per_shard(tmp_
     ("server.env", {"HF_TOKEN": "x"}, "HF_TOKEN looks like a secret"),
     ("server.args", ["--api-key", "x"], "--api-key holds a key"),
     ("server.args", ["--dtype", "float32", "--hf_token", "hf_x"], "server.args/server.env: --hf_token is not among"),
+    ("server.args", ["--reasoning-parser", "deepseek_r1"], "server.args: --reasoning-parser reaches every managed "
+                                                          "server, and eval.models has student, sft: a model that"),
     ("train.revision", "abc123", "train.revision: 'embedded:smollm2-135m-instruct' is not a Hugging Face id"),
     ("teacher.revision", "", "revision"),
     ("teacher.model", "/no/such/teacher", "teacher.model: the folder '/no/such/teacher' does not exist; give a folder"),
