@@ -80,5 +80,10 @@ def test_a_reasoning_teachers_turn_is_the_same_sft_text_and_score_with_the_parse
     assert sft_on == sft_off and all(text.startswith("<think>\n") and "\n</think>\n\n" in text for text in sft_on)
     assert [(r["reward"], r["verifier_status"]) for r in on["eval"]] == [
         (r["reward"], r["verifier_status"]) for r in off["eval"]]
-    print(f"\nfunnel {on['funnel']}; {len(closed)} of {len(off['teacher'])} teacher replies closed their thought; "
-          f"an SFT turn: {sft_on[0][:200]!r}")
+    print(f"\nfunnel {on['funnel']}; {len(closed)} of {len(off['teacher'])} teacher replies closed their thought")
+    kept = key(on["sft"][0])
+    for name, rows in (("parser on", on["teacher"]), ("parser off", off["teacher"])):
+        record = next(row for row in rows if key(row) == kept)
+        print(f"{name}, stored: " + ", ".join(f"{field}={record[field]!r}" for field in
+                                              ("response", "reasoning", "think_prefilled", "finish_reason")))
+    print(f"SFT text (both): {sft_on[0]!r}")
