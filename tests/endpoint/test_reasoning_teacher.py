@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 from concurrent.futures import ThreadPoolExecutor
 
-import pyarrow.parquet as pq
 import pytest
 from conftest import TINY, keyed_server
 from endpoint.conftest import API_KEY
 from helpers.reasoning_model import reasoning_copy
 from helpers.workflow import edited_config, snakemake
 
+from mathsft.io import EVAL_SCHEMA, SCORED_SCHEMA, TRAJECTORY_SCHEMA, read_parquet
 from mathsft.turns import sft_text, split_turn
 
 pytestmark = pytest.mark.e2e
@@ -39,14 +39,13 @@ def run_teacher(tmp_path, model, parser: bool) -> dict[str, list[dict]]:
         result = snakemake(workdir, config, *TARGETS, timeout=1200, env=KEY_ENV)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     results = workdir / "results"
+    # Read as the stages read them: a column no sample holds a value in is not written (mathsft.io), and reads null.
+    rows = lambda paths, schema: [row for path in paths for row in read_parquet(path, schema).to_pylist()]  # noqa: E731
     return {
-        "teacher": [row for shard in sorted((results / "teacher").glob("*.parquet"))
-                    for row in pq.read_table(shard).to_pylist()],
-        "scored": [row for shard in sorted((results / "scored").glob("*.parquet"))
-                   for row in pq.read_table(shard).to_pylist()],
-        "sft": pq.read_table(results / "sft" / "train.parquet").to_pylist()
-               + pq.read_table(results / "sft" / "val.parquet").to_pylist(),
-        "eval": pq.read_table(results / "eval" / "teacher.parquet").to_pylist(),
+        "teacher": rows(sorted((results / "teacher").glob("*.parquet")), TRAJECTORY_SCHEMA),
+        "scored": rows(sorted((results / "scored").glob("*.parquet")), SCORED_SCHEMA),
+        "sft": rows([results / "sft" / "train.parquet", results / "sft" / "val.parquet"], SCORED_SCHEMA),
+        "eval": rows([results / "eval" / "teacher.parquet"], EVAL_SCHEMA),
         "funnel": json.loads((results / "sft" / "stats.json").read_text())["funnel"],
     }
 
