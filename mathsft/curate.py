@@ -72,7 +72,7 @@ def curate(files: list[str], train_path: str, val_path: str, stats_path: str, se
         "SELECT split, count(*), count(DISTINCT problem_id) FROM curation WHERE stage = 'kept' GROUP BY split"
     ).fetchall():
         splits[split] = {"traces": traces, "problems": problems}
-    stats = {**_funnel(con), "splits": splits, "teacher_lengths": teacher_lengths(con, files), "params": params,
+    stats = {**_funnel(con), "splits": splits, "teacher_lengths": teacher_lengths(con), "params": params,
              "inputs": sorted(files), "sql": sql}
 
     # Pass 2: the kept traces with all their columns, fetched by their place in the files (a late
@@ -133,7 +133,8 @@ def _annotated(files: list[str], settings: CurateSettings, sql: str, threads: in
     # response: nearly all the bytes) are not read here.
     con.execute(
         f"""CREATE TEMP TABLE curation AS
-            SELECT file_index, file_row_number, problem_id, sample_index, source, stage, split FROM ({sql})""",
+            SELECT file_index, file_row_number, problem_id, sample_index, source, stage, split, completion_tokens,
+                   max_tokens, finish_reason FROM ({sql})""",
         asdict(settings) | {"files": list(files)},
     )
     return con
@@ -165,14 +166,13 @@ def _check_unique(con, files: list[str]) -> None:
         raise ValueError(f"repeated traces across the scored shards ({'; '.join(where)}); is a shard listed twice?")
 
 
-def teacher_lengths(con, files: list[str], bins: int = LENGTH_BINS) -> dict:
+def teacher_lengths(con, bins: int = LENGTH_BINS) -> dict:
     """What the teacher's cap cost, per source: a histogram of completion tokens over [0, max_tokens] (`bins` equal
     bins; a trace cut at the cap falls in the last), how many traces were cut there (finish_reason length), and the
     problems that lost every sample to it (the funnel counts cut traces, not which problems they starve)."""
     rows = con.sql(
         """SELECT source, problem_id, completion_tokens, max_tokens, finish_reason = 'length' AS cut
-           FROM read_parquet($files) ORDER BY source, problem_id, sample_index""",
-        params={"files": list(files)},
+           FROM curation ORDER BY source, problem_id, sample_index"""
     ).fetchall()
     caps = sorted({cap for *_, cap, _ in rows})
     top = max(caps, default=0) or 1

@@ -94,6 +94,11 @@ def _count(usage: dict, key: str) -> int:
     return value
 
 
+def turn_bytes(content: str, reasoning: str | None) -> int:
+    """The UTF-8 bytes of a turn's text, content and thought together (UnicodeEncodeError on a lone surrogate)."""
+    return len(content.encode("utf-8")) + len((reasoning or "").encode("utf-8"))
+
+
 def token_count_problem(text_bytes: int, completion_tokens: int, max_tokens: int | None) -> str | None:
     """Why a text of `text_bytes` bytes cannot be `completion_tokens` tokens of an answer capped at `max_tokens`,
     or None: the check a reply (read_reply) and a stored sample (mathsft.journal) both pass."""
@@ -130,7 +135,7 @@ def read_reply(body: bytes, api: str, max_tokens: int) -> Reply:
         raise MalformedReply(f"reply's choice has no text ({'message.content' if api == 'chat' else 'text'} is "
                              f"{type(text).__name__})")
     try:
-        size = len(text.encode("utf-8")) + len((reasoning or "").encode("utf-8"))
+        size = turn_bytes(text, reasoning)
     except UnicodeEncodeError:
         raise MalformedReply("reply's text holds a lone surrogate (\\ud800-\\udfff): no UTF-8 text") from None
     if choice.get("finish_reason") not in FINISH_REASONS:

@@ -25,7 +25,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from mathsft.generate import reply_byte_limit, token_count_problem
+from mathsft.generate import reply_byte_limit, token_count_problem, turn_bytes
 from mathsft.io import OPTIONAL_COLUMNS, TRAJECTORY_SCHEMA, fsync_parent
 
 log = logging.getLogger(__name__)
@@ -201,8 +201,8 @@ class Journal:
             return f"model {str(record['model'])[:60]!r} is not the store's {model!r}"
         tokens = record.get("completion_tokens")
         if tokens is not None:
-            text_bytes = len(record["response"].encode("utf-8")) + len((record.get("reasoning") or "").encode("utf-8"))
-            problem = token_count_problem(text_bytes, tokens, self.fingerprint.get("max_tokens"))
+            problem = token_count_problem(turn_bytes(record["response"], record.get("reasoning")), tokens,
+                                          self.fingerprint.get("max_tokens"))
             if problem:
                 return f"its response {problem}"
         if self.rows is not None:
