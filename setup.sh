@@ -9,10 +9,15 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 python=${PYTHON:-python3}
+if [ "${MATHSFT_GPU:-0}" = 1 ]; then lock=locks/cuda.txt; else lock=locks/cpu.txt; fi
+# A driver too old for the locked CUDA build is found here, before gigabytes are installed (MATHSFT_SKIP_DRIVER_CHECK=1:
+# the GPU nodes are not this machine and have a newer one).
+if [ "$lock" = locks/cuda.txt ] && [ "${MATHSFT_SKIP_DRIVER_CHECK:-0}" != 1 ]; then
+    PYTHONPATH=. "$python" scripts/check_cuda_driver.py --lock "$lock"
+fi
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 pip=(.venv/bin/python -m pip install --disable-pip-version-check --progress-bar off -qq)
 
-if [ "${MATHSFT_GPU:-0}" = 1 ]; then lock=locks/cuda.txt; else lock=locks/cpu.txt; fi
 # PyPI has no CPU build of torch. Its wheel, the same file (same sha256) either way, comes from a folder named
 # in pip's find-links that holds it (as on the development machines), or else from PyTorch's CPU index.
 torch=$(sed -n 's/^torch==\([^ ]*\).*/\1/p' "$lock")
