@@ -2,11 +2,14 @@
 quoted on its way to a job's shell."""
 
 import json
+import os
 import re
+import shutil
 import subprocess
 
 import pytest
-from helpers.workflow import JOB_HEADER, REPO, edited_config, planned_outputs, snakemake
+from helpers.workflow import (JOB_HEADER, REPO, checkout, edited_config, outputs_of_plan, planned_outputs, snakemake,
+                              snakemake_command)
 
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
 
@@ -68,14 +71,30 @@ def test_an_unknown_config_key_is_refused(tmp_path):
 
 
 def test_the_deepscaler_run_plans_hub_fetches_and_one_teacher_job_per_shard(tmp_path):
-    result = snakemake(tmp_path, REPO / "config" / "deepscaler.yaml", "-n", "results/eval.json", timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     planned = planned_outputs(tmp_path, REPO / "config" / "deepscaler.yaml")
     assert planned["fetch_dataset"] == {f"results/data/raw/{name}.parquet" for name in
                                         ("deepscaler", "aime24", "amc23", "math500", "minerva", "olympiadbench")}
     assert planned["teacher"] == {f"results/teacher/{k:05d}.parquet" for k in range(32)}
     assert "prepare_model" not in planned  # hub models, not embedded ones
     assert planned["evaluate"] == {"results/eval/generations/student.parquet", "results/eval/generations/sft.parquet"}
+
+
+def test_the_deepscaler_run_plans_the_same_jobs_on_a_login_node_without_network_or_models(tmp_path):
+    """A login node before anything is fetched: no network at all (a network namespace of its own, as root) and
+    an empty Hugging Face cache. Planning reads no hub, and plans what it plans with both."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        if os.environ.get("CI") == "true":
+            pytest.fail("a network namespace needs root and unshare; CI must run this test")
+        pytest.skip("a network namespace needs root and unshare")
+    config = REPO / "config" / "deepscaler.yaml"
+    command, env = snakemake_command(tmp_path / "offline", config, "-n", "results/eval.json")
+    env = {name: value for name, value in env.items() if not name.startswith(("HF_", "TRANSFORMERS_"))}
+    env["HF_HOME"] = str(tmp_path / "empty hf home")
+    offline = subprocess.run(["unshare", "-n", *command], cwd=checkout(), env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert offline.returncode == 0, offline.stdout[-3000:] + offline.stderr[-3000:]
+    assert outputs_of_plan(offline.stdout) == planned_outputs(tmp_path / "online", config)
+    assert not (tmp_path / "empty hf home").exists()  # nothing was looked up, not even a cache folder made
 
 
 @pytest.mark.parametrize("key, value, message", [

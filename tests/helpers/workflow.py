@@ -151,9 +151,14 @@ def planned_outputs(workdir: Path, configfile: Path, target: str = "results/eval
     result = snakemake(workdir, configfile, "-n", target, timeout=300)
     if result.returncode != 0:
         raise AssertionError(f"dry run failed:\n{result.stdout}\n{result.stderr}")
+    return outputs_of_plan(result.stdout)
+
+
+def outputs_of_plan(stdout: str) -> dict[str, set[str]]:
+    """Rule name -> outputs of the jobs a dry run's output lists (planned_outputs)."""
     planned: dict[str, set[str]] = {}
     rule = None
-    for line in result.stdout.splitlines():
+    for line in stdout.splitlines():
         match = JOB_HEADER.match(line.strip())
         if match:
             rule = match.group(1)
