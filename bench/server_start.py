@@ -1,7 +1,9 @@
 #!/usr/bin/env python
-"""How long a managed vLLM CPU server takes to answer, with the model in a process of its own (vLLM's CPU default)
-and in the engine process (VLLM_ENABLE_V1_MULTIPROCESSING=0, the embedded default's setting), alternating runs;
-and whether both give the same replies to the same seeded requests. Run from the repo root:
+"""How long a managed vLLM CPU server takes to answer and to sample, with the model in a process of its own (vLLM's
+CPU default, the embedded default's) and in the engine process (VLLM_ENABLE_V1_MULTIPROCESSING=0), alternating
+runs; and whether both give the same replies to the same seeded requests. Run it on an idle machine and again
+beside a busy core (`python3 -c "while True: pass" &`): the second layout starts sooner but samples far slower
+when another process wants a core. Run from the repo root:
 
     python bench/server_start.py --model .cache/models/qwen2.5-coder-0.5b-instruct --rounds 2
 """

@@ -19,8 +19,7 @@ from helpers.processes import vllm_servers
 from mathsft.serve import (ManagedServer, ServerError, check_server_settings, external_endpoint, list_models,
                            redact)
 
-CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-           "HF_HUB_OFFLINE": "1"}
+CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "HF_HUB_OFFLINE": "1"}
 CPU_ARGS = ["--dtype", "float32", "--enforce-eager", "--max-model-len", "512"]
 
 
