@@ -61,6 +61,7 @@ def read_driver_version(smi: str = "nvidia-smi") -> tuple[int, ...] | None:
 
 
 def dotted(version: tuple[int, ...]) -> str:
+    """A driver version as nvidia-smi prints it: (580, 65, 6) -> "580.65.06"."""
     return ".".join(str(part) if i == 0 else f"{part:02d}" for i, part in enumerate(version))
 
 

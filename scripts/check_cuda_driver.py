@@ -14,10 +14,9 @@ from mathsft.cuda_driver import SKIP_VARIABLE, check_driver, read_driver_version
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--lock", type=Path, required=True, help="the GPU lock setup.sh is about to install")
-    parser.add_argument("--nvidia_smi", default="nvidia-smi", help="the nvidia-smi to ask")
     args = parser.parse_args()
     try:
-        result = check_driver(args.lock, read_driver_version(args.nvidia_smi))
+        result = check_driver(args.lock, read_driver_version())
     except (RuntimeError, ValueError, OSError) as exc:
         sys.exit(f"setup: the NVIDIA driver could not be checked ({exc}); nothing was installed. Where the GPU "
                  f"nodes are not this machine, set {SKIP_VARIABLE}=1 to install here anyway.")

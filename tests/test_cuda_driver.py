@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from mathsft.cuda_driver import MIN_DRIVER, SKIP_VARIABLE, check_driver, lock_cuda_version, parse_driver_version
+from mathsft.cuda_driver import (MIN_DRIVER, SKIP_VARIABLE, check_driver, dotted, lock_cuda_version,
+                                 parse_driver_version)
 
 CUDA_LOCK = REPO / "locks" / "cuda.txt"
 
@@ -35,6 +36,14 @@ def setup_copy(tmp_path: Path) -> Path:
     return copy
 
 
+def python_that_makes_no_venv(bin_dir: Path) -> Path:
+    """A python that exits 7 where setup.sh makes the venv (so nothing is downloaded here) and is python3 otherwise."""
+    python = bin_dir / "python-that-makes-no-venv"
+    python.write_text(f'#!/bin/sh\n[ "$1" = -m ] && [ "$2" = venv ] && exit 7\nexec {shutil.which("python3")} "$@"\n')
+    python.chmod(0o755)
+    return python
+
+
 def run_setup(copy: Path, bin_dir: Path, **env: str) -> subprocess.CompletedProcess:
     environment = {name: value for name, value in os.environ.items() if name not in ("VIRTUAL_ENV", "PYTHONPATH")}
     environment |= {"PATH": f"{bin_dir}:{environment['PATH']}", "MATHSFT_GPU": "1", **env}
@@ -43,7 +52,7 @@ def run_setup(copy: Path, bin_dir: Path, **env: str) -> subprocess.CompletedProc
 
 def test_the_gpu_lock_pins_cuda_13_whose_driver_the_readme_states_up_front():
     assert lock_cuda_version(CUDA_LOCK) == (13, 0)
-    needed = ".".join(f"{part:02d}" if i else str(part) for i, part in enumerate(MIN_DRIVER[13]))
+    needed = dotted(MIN_DRIVER[13])
     setup_section = (REPO / "README.md").read_text().split("`setup.sh` makes `.venv`")[0]
     assert f">= {needed}" in setup_section and "MATHSFT_GPU=1" in setup_section
 
@@ -87,9 +96,7 @@ def test_setup_on_a_machine_without_nvidia_smi_names_the_driver_the_gpu_nodes_ne
     copy = setup_copy(tmp_path)
     no_smi = tmp_path / "bin"
     no_smi.mkdir()
-    python = no_smi / "python-that-makes-no-venv"
-    python.write_text(f'#!/bin/sh\n[ "$1" = -m ] && [ "$2" = venv ] && exit 7\nexec {shutil.which("python3")} "$@"\n')
-    python.chmod(0o755)
+    python = python_that_makes_no_venv(no_smi)
     path = ":".join(p for p in os.environ["PATH"].split(":") if not (Path(p) / "nvidia-smi").exists())
     done = run_setup(copy, no_smi, PYTHON=str(python), PATH=f"{no_smi}:{path}")
     assert done.returncode == 7
@@ -99,9 +106,7 @@ def test_setup_on_a_machine_without_nvidia_smi_names_the_driver_the_gpu_nodes_ne
 def test_the_check_can_be_skipped_for_gpu_nodes_that_are_not_this_machine(tmp_path):
     copy = setup_copy(tmp_path)
     bin_dir = fake_nvidia_smi(tmp_path / "bin", "535.183.01\n")
-    python = bin_dir / "python-that-makes-no-venv"
-    python.write_text(f'#!/bin/sh\n[ "$1" = -m ] && [ "$2" = venv ] && exit 7\nexec {shutil.which("python3")} "$@"\n')
-    python.chmod(0o755)
+    python = python_that_makes_no_venv(bin_dir)
     done = run_setup(copy, bin_dir, PYTHON=str(python), **{SKIP_VARIABLE: "1"})
     assert done.returncode == 7  # past the check, stopped where the venv would be made
     assert not (bin_dir / "asked").exists() and "NVIDIA driver" not in done.stderr
