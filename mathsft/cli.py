@@ -8,6 +8,7 @@ import logging
 import os
 
 from mathsft.generate import ClientSettings, Sampling
+from mathsft.hub_models import NotFetched, model_to_load, workflow_store
 from mathsft.sampler import Sampler, ServerSettings
 from mathsft.serve import check_server_settings
 from mathsft.settings import add_dataclass_arguments, from_args
@@ -79,8 +80,18 @@ def server_from_args(args) -> ServerSettings:
         check_server_settings(args.server_arg, env, "--server_arg/--server_env")
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
+    # Inside the workflow the job runs offline, and a managed server loads a hub model from the run's model store.
+    weights = None
+    if args.endpoint:
+        workflow_store()
+    else:
+        try:
+            loads, _ = model_to_load(args.model, args.revision, "--model")
+        except NotFetched as exc:
+            raise SystemExit(str(exc)) from None
+        weights = loads if loads != args.model else None
     return ServerSettings(model=args.model, endpoint=args.endpoint, api_key=api_key_from_args(args),
-                          revision=args.revision, served_model_name=args.served_model_name,
+                          revision=args.revision, weights=weights, served_model_name=args.served_model_name,
                           args=tuple(args.server_arg), env=env, log=args.server_log,
                           health_timeout_s=args.health_timeout_s)
 

@@ -23,10 +23,12 @@ class Student:
     folder: Path | None = None  # its config and tokenizer; None where only the context is known
 
 
-def read_student(model: str, revision: str | None, converted: str | os.PathLike) -> Student | None:
+def read_student(model: str, revision: str | None, converted: str | os.PathLike,
+                 fetched: str | os.PathLike | None = None) -> Student | None:
     """The student `model` (train.model) as far as it can be read here, or None: an embedded model from its
     converted folder `converted` (results/base_models/NAME) once prepare_model made it, else its declared context;
-    a local folder; a hub id from the Hugging Face cache only (nothing is downloaded: not cached, not checked)."""
+    a local folder; a hub id from the run's model store (`fetched`, once fetch_model made it), else from the
+    Hugging Face cache (nothing is downloaded: not fetched nor cached, not checked)."""
     if model.startswith(EMBEDDED_PREFIX):
         name = model[len(EMBEDDED_PREFIX):]
         if name not in EMBEDDED_MODELS:
@@ -38,6 +40,8 @@ def read_student(model: str, revision: str | None, converted: str | os.PathLike)
                        EMBEDDED_MODELS[name].max_position_embeddings)
     if os.path.isdir(model):
         return _folder_student(Path(model))
+    if fetched is not None and (Path(fetched) / "config.json").is_file():
+        return _folder_student(Path(fetched))
     from huggingface_hub import try_to_load_from_cache
 
     try:
@@ -119,14 +123,14 @@ def trace_error(max_tokens: int, max_length: int, prompt: int, prompt_template: 
             f"{' or '.join(fixes)}{limit}")
 
 
-def length_errors(config: dict, converted: str | os.PathLike) -> list[str]:
+def length_errors(config: dict, converted: str | os.PathLike, fetched: str | os.PathLike | None = None) -> list[str]:
     """Why the configured lengths cannot fit the student (train.model), or []: train.max_length above its
     max_position_embeddings; a teacher.max_tokens that cannot fit in train.max_length after its shortest prompt.
-    `converted`: where an embedded student is converted. Unchecked, silently: a hub student not in the cache
-    (both), and one whose tokenizer or chat template is not here (the prompt: a bytes-per-token guess could refuse
+    `converted`: where an embedded student is converted; `fetched`: where a hub student is fetched. Unchecked,
+    silently: a hub student neither fetched nor in the cache (both), and one whose tokenizer or chat template is not here (the prompt: a bytes-per-token guess could refuse
     a config that fits)."""
     train, teacher, template = config["train"], config["teacher"], config["prompt"]["template"]
-    student = read_student(train["model"], train.get("revision"), converted)
+    student = read_student(train["model"], train.get("revision"), converted, fetched)
     if student is None:
         return []
     errors = [context_error(train["max_length"], train["model"], student)]

@@ -26,6 +26,9 @@ class ServerSettings:
     api_key: str | None = None  # the key of the user's server (a managed server makes its own)
     # The rest is for a managed server only.
     revision: str | None = None  # the hub commit of `model` it loads, tokenizer included (default: the main branch)
+    # A local copy of `model` at `revision` that it loads instead (the workflow's model store: mathsft.hub_models),
+    # under the name `model`; `model` and `revision` stay what the job samples, in records and fingerprints.
+    weights: str | None = None
     served_model_name: str | None = None  # the name it serves the model under (default: `model`)
     args: tuple[str, ...] = ()  # more vLLM arguments
     env: Mapping[str, str] = field(default_factory=dict)
@@ -33,9 +36,21 @@ class ServerSettings:
     health_timeout_s: float  # how long it may take to answer before the job fails
 
     def managed_args(self) -> list[str]:
-        """The vLLM arguments of the managed server: `args`, and `revision` for the weights and the tokenizer."""
+        """The vLLM arguments that decide what the managed server samples: `args`, and `revision` for the weights
+        and the tokenizer (part of the sample store's fingerprint)."""
         revision = ["--revision", self.revision, "--tokenizer-revision", self.revision] if self.revision else []
         return list(self.args) + revision
+
+    def launch(self) -> tuple[str, list[str], str | None]:
+        """How the managed server starts: the model folder or id it loads, its arguments, the name it serves it
+        under. A local copy (`weights`) is that revision: loaded as it is, served as `model`."""
+        if self.weights:
+            return self.weights, list(self.args), self.served_model_name or self.model
+        return self.model, self.managed_args(), self.served_model_name
+
+    def tokenizer_source(self) -> tuple[str, str | None]:
+        """Where the managed server's tokenizer is read here, and at which revision."""
+        return (self.weights, None) if self.weights else (self.model, self.revision)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,8 +80,9 @@ def renderer(sampler: Sampler) -> Callable[[list[dict]], str] | None:
         return None
     from transformers import AutoTokenizer
 
+    source, revision = sampler.server.tokenizer_source()
     tokenizer = (AutoTokenizer.from_pretrained(sampler.tokenizer) if sampler.tokenizer
-                 else AutoTokenizer.from_pretrained(sampler.server.model, revision=sampler.server.revision))
+                 else AutoTokenizer.from_pretrained(source, revision=revision))
     if not tokenizer.chat_template:
         raise SystemExit(f"--api completions: tokenizer {sampler.tokenizer or sampler.server.model} has no chat "
                          "template")
@@ -113,10 +129,13 @@ def sample_rows(sampler: Sampler, rows: list[dict], output: str, schema) -> tupl
                  len(rows) * sampling.samples_per_problem, store.path)
         return sample(rows, "", server.model, sampler.prompt_template, sampling, sampler.client, journal=store,
                       render=render, stored=stored)
-    with serving(server.model, server.endpoint, server.log or output + ".server.log", server.managed_args(),
-                 dict(server.env), server.health_timeout_s, api_key=server.api_key,
-                 served_model_name=server.served_model_name) as endpoint:
-        prefilled = think_prefilled(sampler, render, model_id, None if server.endpoint else server.revision)
+    loads, args, served_model_name = server.launch()
+    with serving(loads, server.endpoint, server.log or output + ".server.log", args, dict(server.env),
+                 server.health_timeout_s, api_key=server.api_key, served_model_name=served_model_name) as endpoint:
+        tokenizer, revision = (model_id, None) if server.endpoint else server.tokenizer_source()
+        prefilled = think_prefilled(sampler, render, tokenizer, revision)
+        # A local copy is the model it was fetched as: records name that, not the folder the server reports.
         return sample(rows, endpoint.base_url, endpoint.served_model_name, sampler.prompt_template, sampling,
                       sampler.client, api_key=endpoint.api_key, check_alive=endpoint.check_alive, journal=store,
-                      render=render, model_id=endpoint.model_id, stored=stored, think_prefilled=prefilled)
+                      render=render, model_id=server.model if server.weights else endpoint.model_id, stored=stored,
+                      think_prefilled=prefilled)

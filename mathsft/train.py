@@ -17,6 +17,7 @@ from pathlib import Path
 
 from mathsft.chat import end_of_turn_token
 from mathsft.checkpoints import Checkpoints, export
+from mathsft.hub_models import NotFetched, model_to_load
 from mathsft.loss import apply_liger, check_liger, label_token_count, micro_batch_loss
 from mathsft.train_data import epoch_plan, load_examples
 from mathsft.train_settings import (ConfigError, TrainConfig, check_config, deepspeed_config, parquet_files,
@@ -123,17 +124,18 @@ def cosine_with_warmup(total_steps: int, warmup_steps: int):
     return factor
 
 
-def load_model(cfg: TrainConfig, use_bf16: bool):
-    """The start model as trained: packed attention (or sdpa), Liger's kernels, gradient checkpointing and LoRA
-    adapters as `cfg` asks; returns it with Liger's fused loss (None without Liger)."""
+def load_model(cfg: TrainConfig, use_bf16: bool, source: str, revision: str | None):
+    """The start model (cfg.model, read from `source` at `revision`: mathsft.hub_models.model_to_load) as
+    trained: packed attention (or sdpa), Liger's kernels, gradient checkpointing and LoRA adapters as `cfg`
+    asks; returns it with Liger's fused loss (None without Liger)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from mathsft.packing import packed_attention_implementation
 
     attention = packed_attention_implementation() if cfg.packing else "sdpa"
-    model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.bfloat16 if use_bf16 else torch.float32,
-                                                 attn_implementation=attention, revision=cfg.revision or None)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.bfloat16 if use_bf16 else torch.float32,
+                                                 attn_implementation=attention, revision=revision)
     fused_loss = apply_liger(model) if cfg.liger_kernel else None
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
@@ -204,8 +206,12 @@ def train(cfg: TrainConfig, metrics_path: str) -> dict:
     import torch
     from transformers import AutoConfig, AutoTokenizer
 
-    revision = cfg.revision or None
-    model_config = AutoConfig.from_pretrained(cfg.model, revision=revision)
+    # Inside the workflow a hub model is read from the run's model store, offline; cfg.model stays its identity.
+    try:
+        source, revision = model_to_load(cfg.model, cfg.revision or None, "--model")
+    except NotFetched as exc:
+        raise ConfigError(str(exc)) from None
+    model_config = AutoConfig.from_pretrained(source, revision=revision)
     rank, world_size = _init_distributed()
     gradient_accumulation_steps = check_config(cfg, world_size, getattr(model_config, "max_position_embeddings", None),
                                                getattr(model_config, "rope_scaling", None))
@@ -214,7 +220,7 @@ def train(cfg: TrainConfig, metrics_path: str) -> dict:
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
 
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model, revision=revision)
+    tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
     end_of_turn = end_of_turn_token(tokenizer)
     end_of_turn_id = tokenizer.convert_tokens_to_ids(end_of_turn)
     train_files = parquet_files(cfg.train_path)
@@ -229,7 +235,7 @@ def train(cfg: TrainConfig, metrics_path: str) -> dict:
              "packed" if cfg.packing else "padded")
 
     use_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    model, fused_loss = load_model(cfg, use_bf16)
+    model, fused_loss = load_model(cfg, use_bf16, source, revision)
     steps_per_epoch = math.ceil(len(examples) / cfg.global_batch_size)
     total_steps = steps_per_epoch * cfg.epochs
     warmup_steps = max(1, round(cfg.warmup_ratio * total_steps)) if cfg.warmup_ratio > 0 else 0

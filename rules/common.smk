@@ -3,9 +3,11 @@ import functools
 import hashlib
 import json
 import os
+import re
 import shlex
 
 from mathsft.data import SHARD_NAME_PATTERN, shard_count, shard_name, shard_range
+from mathsft.hub_models import STORE_ENV, is_hub_id, store_folder
 from mathsft.io import file_sha256
 from mathsft.length_fit import length_errors
 from mathsft.models import EMBEDDED_PREFIX as EMBEDDED
@@ -16,10 +18,18 @@ SCRIPTS = os.path.join(workflow.basedir, "scripts")
 LIBRARY = os.path.join(workflow.basedir, "mathsft")
 # For cluster runs with --sdm conda; local runs use the venv from setup.sh. Relative to rules/.
 CONDA_ENV = "../envs/mathsft.yaml"
+# The run's model store: each hub model the config loads, fetched once by the local fetch_model rule. Its jobs
+# (and every process they start) find the store through the environment, and run with the hub's offline switches
+# on (mathsft.hub_models). Not a param nor a word of a command: where the weights are read decides nothing they
+# compute, and a command or params that changed would rerun every finished run.
+MODEL_STORE = "results/hub_models"
+os.environ[STORE_ENV] = os.path.abspath(MODEL_STORE)
 
 
 wildcard_constraints:
     shard=SHARD_NAME_PATTERN,
+    hub_model=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    hub_revision=r"[A-Za-z0-9_.-]+",
     name=r"[A-Za-z0-9_-][A-Za-z0-9_.-]*",
     model=r"[A-Za-z0-9_-][A-Za-z0-9_.-]*",
 
@@ -194,6 +204,26 @@ def model_path(spec):
     if spec.startswith(EMBEDDED):
         return f"results/base_models/{spec[len(EMBEDDED):]}"
     return spec
+
+
+def hub_models():
+    """The hub models the run loads, as {store folder: (hub id, revision)}: the teacher (unless the user serves
+    it) and the student, each at its pinned revision."""
+    models = {}
+    for section in ("teacher", "train"):
+        spec, revision = config[section]["model"], config[section]["revision"]
+        if not (section == "teacher" and config["teacher"]["endpoint"]) and is_hub_id(spec):
+            models[str(store_folder(MODEL_STORE, spec, revision))] = (spec, revision)
+    return models
+
+
+def fetch_model_options(wildcards):
+    """fetch_model.py's --hub and --revision for one store folder (a param: they decide what is fetched)."""
+    folder = f"{MODEL_STORE}/{wildcards.hub_model}/{wildcards.hub_revision}"
+    if folder not in hub_models():
+        raise ValueError(f"{folder}: no model of this config is kept there ({', '.join(hub_models()) or 'none'})")
+    hub, revision = hub_models()[folder]
+    return ["--hub", hub] + (["--revision", revision] if revision else [])
 
 
 def model_inputs(spec):
@@ -466,6 +496,9 @@ def check_config():
         model, revision = config[section]["model"], config[section]["revision"]
         if revision and (model.startswith(EMBEDDED) or os.path.isdir(model)):
             raise ValueError(f"{section}.revision: {model!r} is not a Hugging Face id; a revision pins a hub model")
+        if revision and is_hub_id(model) and not re.fullmatch(r"[A-Za-z0-9_.-]+", revision):
+            raise ValueError(f"{section}.revision: {revision!r} names no folder of the model store; give a commit "
+                             "(40 hex digits), a tag or a branch of letters, digits, '.', '_' and '-'")
     if config["teacher"]["endpoint"] and config["teacher"]["revision"]:
         raise ValueError("teacher.revision: the server at teacher.endpoint decides what it loaded; pin it there")
     if config["teacher"]["endpoint"] and config["teacher"]["model"].startswith(EMBEDDED):
@@ -493,7 +526,9 @@ def check_config():
                 raise ValueError(f"{section}.model: the folder {model!r} {what}; give a folder that holds a Hugging "
                                  "Face model (config.json, weights, tokenizer) or a hub id such as Qwen/Qwen2.5-Math-1.5B")
     # Lengths that cannot fit the student: refused now, not after the teacher's GPU-hours (mathsft/length_fit.py).
-    errors = length_errors(config, model_path(config["train"]["model"]))
+    student, revision = config["train"]["model"], config["train"]["revision"]
+    fetched = store_folder(MODEL_STORE, student, revision) if is_hub_id(student) else None
+    errors = length_errors(config, model_path(student), fetched)
     if errors:
         raise ValueError("\n".join(errors))
 

@@ -1,0 +1,107 @@
+"""A cluster's run of hub models, on one machine: the models fetched once by the fetch_model rule from a login node's
+Hugging Face cache, then the teacher, train and evaluate jobs run with no network at all (a network namespace of
+their own with only loopback, as root) and an empty Hugging Face cache, which proves that no job reaches out or
+reads a shared cache. The hub models are the embedded student, laid out as the hub cache holds a download
+(helpers/hubmodels.py), under a hub id and a pinned commit, which stay the model's identity in every record.
+
+Needs root and unshare: skipped without them, failed under CI=true."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import TINY, converted_model
+from helpers.hubmodels import DECOYS, model_files, write_hub_cache
+from helpers.workflow import checkout, edited_config, outputs_of_plan, ran_jobs, snakemake_command
+
+pytestmark = pytest.mark.e2e
+HUB = "mathsft-test/smollm2-135m-instruct"
+COMMIT = "5f0c3e2a9b8d7c6e5f4a3b2c1d0e9f8a7b6c5d4e"
+STORE = f"results/hub_models/mathsft-test--smollm2-135m-instruct/{COMMIT}"
+
+
+def without_network(command: list[str]) -> list[str]:
+    """`command` in a network namespace of its own: loopback only (its vLLM servers listen there)."""
+    return ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *command]
+
+
+def run(workdir, config, hf_home, *args, timeout=1800) -> subprocess.CompletedProcess:
+    """Snakemake with the local profile, without network, with `hf_home` as the Hugging Face cache."""
+    command, env = snakemake_command(workdir, config, *args)
+    env = {name: value for name, value in env.items() if not name.startswith(("HF_", "TRANSFORMERS_"))}
+    env["HF_HOME"] = str(hf_home)
+    return subprocess.run(without_network(command), cwd=checkout(), env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def offline_run(tmp_path_factory):
+    if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("ip"):
+        if os.environ.get("CI") == "true":
+            pytest.fail("a network namespace needs root, unshare and ip; CI must run this test")
+        pytest.skip("a network namespace needs root, unshare and ip")
+    top = tmp_path_factory.mktemp("offline")
+    login_cache = top / "login node hf"
+    write_hub_cache(login_cache / "hub", HUB, COMMIT, model_files(converted_model("smollm2-135m-instruct")) | DECOYS)
+    # Teacher and student: one hub model. One shard, the student evaluated, every trace kept: the least that runs
+    # each rule that loads a model.
+    config = edited_config(TINY, top / "hub.yaml", **{
+        "teacher.model": HUB, "teacher.revision": COMMIT, "train.model": HUB, "train.revision": COMMIT,
+        "data.num_samples": 4, "curate.reward_threshold": 0.0, "eval.models": ["student"]})
+    workdir, compute_cache = top / "run", top / "compute node hf"
+    targets = ("results/eval.json", "results/train/sft/summary.json")
+    steps = {"plan before the fetch": (compute_cache, "-n", *targets), "fetch": (login_cache, STORE),
+             "plan after the fetch": (compute_cache, "-n", *targets), "run": (compute_cache, *targets)}
+    runs = {}
+    for name, (hf_home, *args) in steps.items():
+        started = time.monotonic()
+        runs[name] = run(workdir, config, hf_home, *args)
+        print(f"\n{name}: {time.monotonic() - started:.0f} s")
+        assert runs[name].returncode == 0, f"{name}:\n{runs[name].stdout[-4000:]}\n{runs[name].stderr[-6000:]}"
+    return workdir, compute_cache, runs
+
+
+def test_the_fetch_rule_fetches_the_model_once_with_no_network_from_the_login_nodes_cache(offline_run):
+    workdir, _, runs = offline_run
+    assert ran_jobs(runs["fetch"]) == {"fetch_model": 1}
+    store = workdir / STORE
+    # (Snakemake marks a directory output with its own .snakemake_timestamp.)
+    assert sorted(path.name for path in store.iterdir() if path.name != ".snakemake_timestamp") == sorted(
+        [*model_files(converted_model("smollm2-135m-instruct")), "SHA256SUMS", "origin.json"])
+    assert json.loads((store / "origin.json").read_text())["commit"] == COMMIT
+
+
+def test_after_the_fetch_the_plan_holds_the_same_jobs_but_the_fetch(offline_run):
+    _, _, runs = offline_run
+    before, after = outputs_of_plan(runs["plan before the fetch"].stdout), outputs_of_plan(runs["plan after the fetch"].stdout)
+    assert before.pop("fetch_model") == {STORE}
+    assert after == before
+
+
+def test_teacher_train_and_evaluate_ran_offline_from_the_store_and_read_no_hugging_face_cache(offline_run):
+    workdir, compute_cache, runs = offline_run
+    ran = ran_jobs(runs["run"])
+    assert {"teacher", "train", "evaluate"} <= set(ran) and "fetch_model" not in ran
+    # Nothing was downloaded into, or read from, a Hugging Face cache on the "compute node".
+    assert not any(compute_cache.rglob("models--*"))
+    server_log = (workdir / "logs" / "teacher" / "00000.server.log").read_text()
+    assert STORE in server_log  # the teacher's vLLM server loaded the fetched folder
+
+
+def test_records_and_eval_json_name_the_hub_id_and_revision_not_the_folder(offline_run):
+    workdir, _, _ = offline_run
+    samples = pq.read_table(workdir / "results" / "teacher" / "00000.parquet").to_pylist()
+    assert samples and {row["model"] for row in samples} == {HUB}
+    evaluated = pq.read_table(workdir / "results" / "eval" / "generations" / "student.parquet").to_pylist()
+    assert {row["model"] for row in evaluated} == {HUB}
+    document = json.loads((workdir / "results" / "eval.json").read_text())
+    assert document["models"]["student"]["model"] == HUB
+    summary = json.loads((workdir / "results" / "train" / "sft" / "summary.json").read_text())
+    assert (summary["config"]["model"], summary["config"]["revision"]) == (HUB, COMMIT)
