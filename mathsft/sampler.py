@@ -41,12 +41,12 @@ class ServerSettings:
         revision = ["--revision", self.revision, "--tokenizer-revision", self.revision] if self.revision else []
         return list(self.args) + revision
 
-    def launch(self) -> tuple[str, list[str], str | None]:
-        """How the managed server starts: the model folder or id it loads, its arguments, the name it serves it
-        under. A local copy (`weights`) is that revision: loaded as it is, served as `model`."""
+    def launch(self) -> tuple[str, str | None, str | None]:
+        """How the managed server starts (with `args`): the model folder or id it loads, at which revision, under
+        which name. A local copy (`weights`) is that revision: loaded as it is, served as `model`."""
         if self.weights:
-            return self.weights, list(self.args), self.served_model_name or self.model
-        return self.model, self.managed_args(), self.served_model_name
+            return self.weights, None, self.served_model_name or self.model
+        return self.model, self.revision, self.served_model_name
 
     def tokenizer_source(self) -> tuple[str, str | None]:
         """Where the managed server's tokenizer is read here, and at which revision."""
@@ -129,9 +129,10 @@ def sample_rows(sampler: Sampler, rows: list[dict], output: str, schema) -> tupl
                  len(rows) * sampling.samples_per_problem, store.path)
         return sample(rows, "", server.model, sampler.prompt_template, sampling, sampler.client, journal=store,
                       render=render, stored=stored)
-    loads, args, served_model_name = server.launch()
-    with serving(loads, server.endpoint, server.log or output + ".server.log", args, dict(server.env),
-                 server.health_timeout_s, api_key=server.api_key, served_model_name=served_model_name) as endpoint:
+    loads, revision, served_model_name = server.launch()
+    with serving(loads, server.endpoint, server.log or output + ".server.log", list(server.args), dict(server.env),
+                 server.health_timeout_s, api_key=server.api_key, served_model_name=served_model_name,
+                 revision=revision) as endpoint:
         tokenizer, revision = (model_id, None) if server.endpoint else server.tokenizer_source()
         prefilled = think_prefilled(sampler, render, tokenizer, revision)
         # A local copy is the model it was fetched as: records name that, not the folder the server reports.

@@ -159,11 +159,13 @@ class ManagedServer:
         health_timeout_s: float = 600.0,
         host: str = "127.0.0.1",
         api_key: str | None = None,
+        revision: str | None = None,
     ):
         self.args = list(args or [])
         self.env = dict(env or {})
         check_server_settings(self.args, {}, "server arguments")
         self.model = model
+        self.revision = revision  # the hub commit of `model` (weights and tokenizer); not one of `args`, checked above
         # vLLM's default: requests name the model as loaded (a path or hub id).
         self.served_model_name = served_model_name or model
         self.log_path = Path(log_path)
@@ -185,6 +187,7 @@ class ManagedServer:
             "--served-model-name", self.served_model_name,
             "--host", self.host,
             "--port", str(self.port),
+            *(["--revision", self.revision, "--tokenizer-revision", self.revision] if self.revision else []),
             *self.args,
         ]
 
@@ -330,13 +333,14 @@ def external_endpoint(base_url: str, served_model_name: str, api_key: str | None
 @contextlib.contextmanager
 def serving(model: str, endpoint: str | None, server_log: str | os.PathLike, server_args: list[str],
             server_env: dict[str, str], health_timeout_s: float, api_key: str | None = None,
-            served_model_name: str | None = None) -> Iterator[Endpoint]:
+            served_model_name: str | None = None, revision: str | None = None) -> Iterator[Endpoint]:
     """The Endpoint to sample `model` from: the user's server at `endpoint` (requests name `model`, the name
-    that server knows; `api_key` is its key), else a ManagedServer started here and stopped on every exit path."""
+    that server knows; `api_key` is its key), else a ManagedServer started here (loading `model` at `revision`)
+    and stopped on every exit path."""
     if endpoint:
         yield external_endpoint(endpoint, model, api_key)
         return
     with ManagedServer(model, served_model_name, server_log, args=server_args, env=server_env,
-                       health_timeout_s=health_timeout_s) as server:
+                       health_timeout_s=health_timeout_s, revision=revision) as server:
         yield Endpoint(server.base_url, server.api_key, server.served_model_name, server.model_id or model,
                        server.check_alive)

@@ -204,6 +204,13 @@ def test_a_revision_pins_the_managed_servers_weights_and_tokenizer_and_is_refuse
     pinned = server_from_args(parser.parse_args(["--model", "org/m", "--server_arg=--dtype", "--server_arg=float32",
                                                  "--revision", "0123abc"]))
     assert pinned.managed_args() == ["--dtype", "float32", "--revision", "0123abc", "--tokenizer-revision", "0123abc"]
+    # The server the job starts takes the pin beside its checked arguments (among them it was refused, and every
+    # pinned managed server failed to start).
+    loads, revision, served_model_name = pinned.launch()
+    command = ManagedServer(loads, served_model_name, "unused.log", args=list(pinned.args), revision=revision).command()
+    assert command[command.index("--model"):command.index("--model") + 2] == ["--model", "org/m"]
+    assert command[command.index("--revision"):] == ["--revision", "0123abc", "--tokenizer-revision", "0123abc",
+                                                     "--dtype", "float32"]
     unpinned = server_from_args(parser.parse_args(["--model", "org/m", "--server_arg=--dtype", "--server_arg=float32"]))
     assert unpinned.managed_args() == ["--dtype", "float32"]
     with pytest.raises(SystemExit, match="--revision is for a managed server"):
