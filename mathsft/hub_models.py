@@ -43,9 +43,11 @@ def is_hub_id(spec: str) -> bool:
             and not spec.startswith((".", "embedded:")) and not os.path.exists(spec))
 
 
-def store_folder(store: str | os.PathLike, hub: str, revision: str | None) -> Path:
-    """Where the store keeps `hub` at `revision`: one folder per id and revision (a moved pin fetches anew)."""
-    return Path(store) / hub.replace("/", "--") / (revision or DEFAULT_REVISION)
+def store_folder(store: str | os.PathLike, hub: str) -> Path:
+    """Where the store keeps `hub`, at the one revision the config names (origin.json says which): a folder per
+    hub id, so that moving a revision refetches into the same folder and the data stage, which waits for it, keeps
+    the same inputs (rules/models.smk says why that matters)."""
+    return Path(store) / hub.replace("/", "--")
 
 
 def wanted(path: str) -> bool:
@@ -166,10 +168,11 @@ class NotFetched(Exception):
 def fetched_copy(hub: str, revision: str | None, setting: str, store: str | os.PathLike) -> Path:
     """The store's copy of `hub` at `revision`, checked whole (its origin, and each file at its fetched size), for
     a job that loads it; else NotFetched, naming `setting` and the rule that fetches it."""
-    folder = store_folder(store, hub, revision)
+    folder = store_folder(store, hub)
     what = f"{setting}: {hub} (revision {revision or DEFAULT_REVISION})"
-    fetch_it = ("the workflow's fetch_model rule fetches it, on the host snakemake runs on, before any job loads "
-                "it: run snakemake there again (or scripts/fetch_model.py by hand)")
+    # Snakemake does not remake a deleted output that nothing out of date needs: the folder must be its target.
+    fetch_it = (f"the workflow's fetch_model rule fetches it where snakemake runs (compute nodes download nothing): "
+                f"run `snakemake {os.path.relpath(folder)}` there from the run's folder, then this job again")
     origin_path = folder / ORIGIN
     if not origin_path.is_file():
         raise NotFetched(f"{what} has no fetched copy at {folder}, and jobs download nothing: {fetch_it}")
@@ -179,8 +182,8 @@ def fetched_copy(hub: str, revision: str | None, setting: str, store: str | os.P
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise NotFetched(f"{what}: {origin_path} is unreadable ({exc}): delete {folder}; {fetch_it}") from exc
     if origin.get("hub") != hub or origin.get("revision") != revision:
-        raise NotFetched(f"{what}: {folder} holds {origin.get('hub')} at {origin.get('revision')}: delete it; "
-                         f"{fetch_it}")
+        raise NotFetched(f"{what}: {folder} holds {origin.get('hub')} at revision "
+                         f"{origin.get('revision') or DEFAULT_REVISION}; {fetch_it}")
     damaged = [name for name, size in sizes.items()
                if not (folder / name).is_file() or (folder / name).stat().st_size != size]
     if damaged:

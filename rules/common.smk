@@ -3,7 +3,6 @@ import functools
 import hashlib
 import json
 import os
-import re
 import shlex
 
 from mathsft.data import SHARD_NAME_PATTERN, shard_count, shard_name, shard_range
@@ -29,7 +28,6 @@ os.environ[STORE_ENV] = os.path.abspath(MODEL_STORE)
 wildcard_constraints:
     shard=SHARD_NAME_PATTERN,
     hub_model=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
-    hub_revision=r"[A-Za-z0-9_.-]+",
     name=r"[A-Za-z0-9_-][A-Za-z0-9_.-]*",
     model=r"[A-Za-z0-9_-][A-Za-z0-9_.-]*",
 
@@ -208,22 +206,33 @@ def model_path(spec):
 
 def hub_models():
     """The hub models the run loads, as {store folder: (hub id, revision)}: the teacher (unless the user serves
-    it) and the student, each at its pinned revision."""
+    it) and the student, each at its pinned revision (one per hub id: check_config)."""
     models = {}
     for section in ("teacher", "train"):
         spec, revision = config[section]["model"], config[section]["revision"]
         if not (section == "teacher" and config["teacher"]["endpoint"]) and is_hub_id(spec):
-            models[str(store_folder(MODEL_STORE, spec, revision))] = (spec, revision)
+            models[str(store_folder(MODEL_STORE, spec))] = (spec, revision)
     return models
 
 
 def fetch_model_options(wildcards):
     """fetch_model.py's --hub and --revision for one store folder (a param: they decide what is fetched)."""
-    folder = f"{MODEL_STORE}/{wildcards.hub_model}/{wildcards.hub_revision}"
+    folder = f"{MODEL_STORE}/{wildcards.hub_model}"
     if folder not in hub_models():
         raise ValueError(f"{folder}: no model of this config is kept there ({', '.join(hub_models()) or 'none'})")
     hub, revision = hub_models()[folder]
     return ["--hub", hub] + (["--revision", revision] if revision else [])
+
+
+def fetched_models():
+    """prepare_data's ordering inputs: each hub model's store folder, through the fetch_model checkpoint and as
+    ancient() (rules/models.smk says why both). One input function per model, so that a dry run lists every
+    pending fetch, not only the first."""
+    return {f"model_{index}": fetched_model(folder) for index, folder in enumerate(hub_models())}
+
+
+def fetched_model(folder):
+    return lambda wildcards: ancient(checkpoints.fetch_model.get(hub_model=os.path.basename(folder)).output[0])
 
 
 def model_inputs(spec):
@@ -496,9 +505,13 @@ def check_config():
         model, revision = config[section]["model"], config[section]["revision"]
         if revision and (model.startswith(EMBEDDED) or os.path.isdir(model)):
             raise ValueError(f"{section}.revision: {model!r} is not a Hugging Face id; a revision pins a hub model")
-        if revision and is_hub_id(model) and not re.fullmatch(r"[A-Za-z0-9_.-]+", revision):
-            raise ValueError(f"{section}.revision: {revision!r} names no folder of the model store; give a commit "
-                             "(40 hex digits), a tag or a branch of letters, digits, '.', '_' and '-'")
+
+    teacher, student = config["teacher"], config["train"]
+    if (not teacher["endpoint"] and teacher["model"] == student["model"] and is_hub_id(student["model"])
+            and teacher["revision"] != student["revision"]):
+        raise ValueError(f"teacher.revision, train.revision: {student['model']} at two revisions "
+                         f"({teacher['revision'] or 'main'}, {student['revision'] or 'main'}); the model store holds "
+                         "one revision of a hub model: pin both to the same one")
     if config["teacher"]["endpoint"] and config["teacher"]["revision"]:
         raise ValueError("teacher.revision: the server at teacher.endpoint decides what it loaded; pin it there")
     if config["teacher"]["endpoint"] and config["teacher"]["model"].startswith(EMBEDDED):
@@ -527,7 +540,7 @@ def check_config():
                                  "Face model (config.json, weights, tokenizer) or a hub id such as Qwen/Qwen2.5-Math-1.5B")
     # Lengths that cannot fit the student: refused now, not after the teacher's GPU-hours (mathsft/length_fit.py).
     student, revision = config["train"]["model"], config["train"]["revision"]
-    fetched = store_folder(MODEL_STORE, student, revision) if is_hub_id(student) else None
+    fetched = store_folder(MODEL_STORE, student) if is_hub_id(student) else None
     errors = length_errors(config, model_path(student), fetched)
     if errors:
         raise ValueError("\n".join(errors))

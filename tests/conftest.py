@@ -18,7 +18,7 @@ MODEL_CACHE = Path(os.environ.get("MATHSFT_TEST_MODELS", REPO / ".cache" / "mode
 # Under pytest-xdist (pyproject.toml: two workers, whole files each) these go first, slowest first; the rest follow
 # in collection order. tests/endpoint/ goes to one worker as one unit: its files share one vLLM server.
 SLOWEST_FIRST = ("tests/test_slurm.py", "tests/test_pipeline.py", "tests/endpoint", "tests/test_train_run.py",
-                 "tests/test_signals.py", "tests/test_serve.py")
+                 "tests/test_signals.py", "tests/test_serve.py", "tests/test_offline_jobs.py")
 
 
 def unit_of(nodeid: str) -> str:

@@ -42,7 +42,7 @@ def fetch(hf_home: Path, output: Path, hub: str = HUB, revision: str | None = CO
 
 def test_a_fetch_keeps_only_what_a_run_loads_with_a_manifest_that_sha256sum_checks_and_no_token(tmp_path):
     write_hub_cache(tmp_path / "hf" / "hub", HUB, COMMIT, MODEL | DECOYS)
-    output = tmp_path / "store" / "mathsft-test--tiny-model" / COMMIT
+    output = tmp_path / "store" / "mathsft-test--tiny-model"
     result = fetch(tmp_path / "hf", output)
     assert result.returncode == 0, result.stderr
     assert sorted(path.name for path in output.iterdir()) == sorted([*MODEL, "SHA256SUMS", "origin.json"])
@@ -55,15 +55,14 @@ def test_a_fetch_keeps_only_what_a_run_loads_with_a_manifest_that_sha256sum_chec
                       "files": {name: len(data) for name, data in sorted(MODEL.items())}}
     written = result.stdout + result.stderr + "".join(path.read_text() for path in output.glob("*.json"))
     assert SECRET not in written + (output / "SHA256SUMS").read_text()
-    assert [path.name for path in output.parent.iterdir()] == [COMMIT]  # no temporary folder left
+    assert [path.name for path in output.parent.iterdir()] == [output.name]  # no temporary folder left
     # The copy is what a job in the workflow loads, found by hub id and revision.
     assert hub_models.fetched_copy(HUB, COMMIT, "train.model", tmp_path / "store") == output
 
 
 def test_an_unpinned_model_is_fetched_at_the_main_branch_and_records_the_commit_it_was(tmp_path):
     write_hub_cache(tmp_path / "hf" / "hub", HUB, COMMIT, MODEL)
-    output = hub_models.store_folder(tmp_path / "store", HUB, None)
-    assert output.name == "main"
+    output = hub_models.store_folder(tmp_path / "store", HUB)
     result = fetch(tmp_path / "hf", output, revision=None)
     assert result.returncode == 0, result.stderr
     assert json.loads((output / "origin.json").read_text())["commit"] == COMMIT
@@ -73,7 +72,7 @@ def test_a_damaged_cached_weight_is_refused_against_the_hubs_sha256_and_nothing_
     snapshot = write_hub_cache(tmp_path / "hf" / "hub", HUB, COMMIT, MODEL)
     blob = (snapshot / "model.safetensors").resolve()
     blob.write_bytes(b"\0" * len(MODEL["model.safetensors"]))  # same size, other bytes: a torn write on a share
-    output = tmp_path / "store" / "m" / COMMIT
+    output = tmp_path / "store" / "m"
     result = fetch(tmp_path / "hf", output)
     assert result.returncode != 0
     damaged = hashlib.sha256(blob.read_bytes()).hexdigest()
@@ -96,21 +95,21 @@ def test_a_damaged_cached_weight_is_refused_against_the_hubs_sha256_and_nothing_
 ])
 def test_a_repository_a_run_cannot_load_is_refused_naming_what_it_lacks(tmp_path, files, missing):
     write_hub_cache(tmp_path / "hf" / "hub", HUB, COMMIT, files)
-    output = tmp_path / "store" / "m" / COMMIT
+    output = tmp_path / "store" / "m"
     result = fetch(tmp_path / "hf", output)
     assert result.returncode != 0 and not output.exists()
     assert f"error: {HUB} (revision {COMMIT}, commit {COMMIT}): {missing}" in result.stderr
 
 
 def test_a_model_the_hub_cannot_give_fails_the_fetch_naming_model_and_revision(tmp_path):
-    result = fetch(tmp_path / "empty-hf", tmp_path / "store" / "m" / COMMIT)
+    result = fetch(tmp_path / "empty-hf", tmp_path / "store" / "m")
     assert result.returncode != 0
     assert f"error: {HUB} (revision {COMMIT}): fetching it failed: " in result.stderr
 
 
 def fetched(tmp_path: Path) -> Path:
     write_hub_cache(tmp_path / "hf" / "hub", HUB, COMMIT, MODEL)
-    output = hub_models.store_folder(tmp_path / "results" / "hub_models", HUB, COMMIT)
+    output = hub_models.store_folder(tmp_path / "results" / "hub_models", HUB)
     assert fetch(tmp_path / "hf", output).returncode == 0
     return output
 
@@ -123,7 +122,7 @@ def test_inside_the_workflow_a_job_loads_the_fetched_copy_offline_and_outside_it
     assert hub_models.model_to_load(HUB, COMMIT, "train.model") == (HUB, COMMIT)  # a script run by hand
     assert not any(switch in os.environ for switch in hub_models.OFFLINE_SWITCHES)
 
-    monkeypatch.setenv(hub_models.STORE_ENV, str(output.parents[1]))
+    monkeypatch.setenv(hub_models.STORE_ENV, str(output.parent))
     assert hub_models.model_to_load(HUB, COMMIT, "train.model") == (str(output), None)
     assert {switch: os.environ[switch] for switch in hub_models.OFFLINE_SWITCHES} == hub_models.OFFLINE_SWITCHES
     local = tmp_path / "a local folder"
@@ -134,11 +133,15 @@ def test_inside_the_workflow_a_job_loads_the_fetched_copy_offline_and_outside_it
 
 def test_a_job_whose_copy_is_missing_or_damaged_fails_at_once_naming_the_setting_and_the_fetch_rule(tmp_path):
     output = fetched(tmp_path)
-    store = output.parents[1]
+    store = output.parent
     with pytest.raises(hub_models.NotFetched, match=r"^train\.model: mathsft-test/other \(revision main\) has no "
                                                     r"fetched copy at .*, and jobs download nothing: the workflow's "
-                                                    r"fetch_model rule fetches it"):
+                                                    r"fetch_model rule fetches it where snakemake runs .*: run "
+                                                    r"`snakemake .*/mathsft-test--other` there"):
         hub_models.fetched_copy("mathsft-test/other", None, "train.model", store)
+    with pytest.raises(hub_models.NotFetched, match=rf"^teacher\.model: {HUB} \(revision abc\): {output} holds "
+                                                    rf"{HUB} at revision {COMMIT}; the workflow's fetch_model rule"):
+        hub_models.fetched_copy(HUB, "abc", "teacher.model", store)
     (output / "model.safetensors").write_bytes(b"cut short")
     with pytest.raises(hub_models.NotFetched, match=r"the fetched copy .* is damaged \(model\.safetensors missing or "
                                                     r"not of the size fetched\): delete it"):
@@ -164,7 +167,7 @@ def test_the_plan_fetches_each_hub_model_once_on_the_submit_host_before_the_data
                            **{"teacher.model": HUB, "teacher.revision": COMMIT, "train.model": HUB,
                               "train.revision": COMMIT})
     planned = planned_outputs(tmp_path, config)
-    assert planned["fetch_model"] == {f"results/hub_models/mathsft-test--tiny-model/{COMMIT}"}
+    assert planned["fetch_model"] == {"results/hub_models/mathsft-test--tiny-model"}
     result = snakemake(tmp_path, config, "-n", "--forceall", "--dag", timeout=300)
     assert result.returncode == 0, result.stderr
     rules = {node: rule for node, rule in re.findall(r'^\s*(\d+)\[label = "([A-Za-z_]+)', result.stdout, re.M)}
@@ -173,9 +176,10 @@ def test_the_plan_fetches_each_hub_model_once_on_the_submit_host_before_the_data
     assert [rule for rule in rules.values() if rule == "fetch_model"] == ["fetch_model"]
 
 
-def test_a_revision_that_names_no_store_folder_is_refused_before_any_job(tmp_path):
+def test_one_hub_model_at_two_revisions_is_refused_before_any_job(tmp_path):
     config = edited_config(REPO / "tests" / "configs" / "tiny.yaml", tmp_path / "hub.yaml",
-                           **{"train.model": HUB, "train.revision": "refs/pr/1"})
+                           **{"teacher.model": HUB, "teacher.revision": COMMIT, "train.model": HUB})
     result = snakemake(tmp_path, config, "-n", timeout=300)
     assert result.returncode != 0
-    assert "train.revision: 'refs/pr/1' names no folder of the model store" in result.stdout + result.stderr
+    assert (f"teacher.revision, train.revision: {HUB} at two revisions ({COMMIT}, main); the model store holds one "
+            "revision of a hub model: pin both to the same one") in result.stdout + result.stderr
