@@ -224,20 +224,19 @@ def fetch_model_options(wildcards):
     return ["--hub", hub] + (["--revision", revision] if revision else [])
 
 
-def fetched_models():
-    """prepare_data's ordering inputs: each hub model's store folder, through the fetch_model checkpoint and as
-    ancient() (rules/models.smk says why both). One input function per model, so that a dry run lists every
-    pending fetch, not only the first."""
-    return {f"model_{index}": fetched_model(folder) for index, folder in enumerate(hub_models())}
+def model_input(spec):
+    """What a job that loads the model spec `spec` takes as input (in an input function): an embedded model's
+    converted folder; a hub model's folder in the store, through the fetch_model checkpoint and as ancient()
+    (rules/models.smk says why both); nothing for a local folder."""
+    if spec.startswith(EMBEDDED):
+        return [model_path(spec)]
+    if is_hub_id(spec):
+        return [ancient(checkpoints.fetch_model.get(hub_model=store_folder(MODEL_STORE, spec).name).output[0])]
+    return []
 
 
-def fetched_model(folder):
-    return lambda wildcards: ancient(checkpoints.fetch_model.get(hub_model=os.path.basename(folder)).output[0])
-
-
-def model_inputs(spec):
-    """The rule input a model spec needs: the converted folder for embedded models, nothing for hub ids."""
-    return [model_path(spec)] if spec.startswith(EMBEDDED) else []
+def train_model_input(wildcards):
+    return model_input(config["train"]["model"])
 
 
 def sft_model_dir():
@@ -283,8 +282,9 @@ def eval_labels():
 def eval_model_input(wildcards):
     if eval_endpoint(wildcards.model):
         return []
-    spec = eval_model_spec(wildcards.model)
-    return [spec] if spec.startswith("results/") else []
+    if wildcards.model in ("student", "teacher"):
+        return model_input(config["train" if wildcards.model == "student" else "teacher"]["model"])
+    return [eval_model_spec(wildcards.model)]  # the SFT model
 
 
 def eval_job_gpus(wildcards):
@@ -345,8 +345,8 @@ def teacher_model():
     return config["teacher"]["model"] if config["teacher"]["endpoint"] else model_path(config["teacher"]["model"])
 
 
-def teacher_model_inputs():
-    return [] if config["teacher"]["endpoint"] else model_inputs(config["teacher"]["model"])
+def teacher_model_input(wildcards):
+    return [] if config["teacher"]["endpoint"] else model_input(config["teacher"]["model"])
 
 
 def api_options(section):

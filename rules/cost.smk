@@ -15,10 +15,12 @@ def cost_stages_sft():
 
 def cost_model_names():
     """The embedded models the run converts (prepare_model jobs)."""
-    folders = [folder for label in eval_labels() for folder in eval_model_input(types.SimpleNamespace(model=label))]
+    sections = [{"student": "train", "teacher": "teacher"}.get(label) for label in eval_labels()
+                if not eval_endpoint(label)]
     if cost_stages_sft():
-        folders += teacher_model_inputs() + model_inputs(config["train"]["model"])
-    return [os.path.basename(folder) for folder in dict.fromkeys(folders) if folder.startswith("results/base_models/")]
+        sections += ([] if config["teacher"]["endpoint"] else ["teacher"]) + ["train"]
+    specs = [config[section]["model"] for section in dict.fromkeys(sections) if section]
+    return list(dict.fromkeys(spec[len(EMBEDDED):] for spec in specs if spec.startswith(EMBEDDED)))
 
 
 def cost_jobs():

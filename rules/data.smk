@@ -18,15 +18,9 @@ rule fetch_dataset:
 
 
 rule prepare_data:
-    """Training problems (normalised, de-duplicated, decontaminated), eval sets and static shards.
-
-    It waits for the fetched hub models, which it does not read: every job that loads one comes after it (the
-    teacher shards, the evaluation sets). Those jobs name the model by hub id and revision, and find it in the
-    store (common.smk), so that a run made before the store existed reruns only this job (the same bytes: its
-    outputs are ancient() inputs with their identity as params). See fetch_model for how the edge is made."""
+    """Training problems (normalised, de-duplicated, decontaminated), eval sets and static shards."""
     input:
         data_inputs(),
-        **fetched_models(),
     output:
         problems="results/data/problems.parquet",
         bench=expand("results/data/bench/{bench}.parquet", bench=config["data"]["benchmarks"]),

@@ -20,12 +20,12 @@ checkpoint fetch_model:
     often have no internet, and their jobs read this folder offline. A gated model's token comes from the
     environment (HF_TOKEN) and is written nowhere.
 
-    prepare_data waits for it (an input it does not read), so every job that loads a model comes after it. Two
-    things keep that edge from hiding or causing reruns. Snakemake never weighs the params of a job downstream of
-    one that runs, and skips it where all the files between are ancient(): moving teacher.revision would refetch
-    and leave the teacher's samples stale until the next invocation. As a checkpoint, once it has run Snakemake
-    decides the jobs after it again, on their own params. And the folder is one per hub id, an ancient() input:
-    prepare_data's inputs stay the same whatever the revision, so it never reruns for a fetch."""
+    Each job that loads a hub model (teacher, train, evaluate) takes its folder as an input, ancient() and through
+    this checkpoint. Snakemake weighs no params of a job downstream of one that runs: with a plain rule, a moved
+    teacher.revision would refetch, and the teacher's samples of the old revision would stay until the next
+    invocation. Once a checkpoint has run, Snakemake decides the jobs after it again, on their own params and
+    files: a moved revision samples again, and a refetch of the same revision (the folder deleted) reruns nothing
+    else. One folder per hub id, whatever the revision: a job's inputs stay the same when a pin moves."""
     output:
         directory(MODEL_STORE + "/{hub_model}"),
     params:

@@ -6,7 +6,7 @@ rule teacher:
     which never trigger a rerun: they change how fast generation goes, not what it produces."""
     input:
         shard=ancient("results/data/shards/{shard}.parquet"),
-        model=teacher_model_inputs(),
+        model=teacher_model_input,
     output:
         "results/teacher/{shard}.parquet",
     params:

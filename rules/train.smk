@@ -5,7 +5,7 @@ rule train:
         train=ancient("results/sft/train.parquet"),
         val=ancient("results/sft/val.parquet"),
         sha256sums=curated_sums,
-        model=model_inputs(config["train"]["model"]),
+        model=train_model_input,
         deepspeed=repo_file(config["train"]["deepspeed"]),
     output:
         model=directory("results/models/{run}"),

@@ -124,11 +124,13 @@ def test_records_and_eval_json_name_the_hub_id_and_revision_not_the_folder(offli
     assert (summary["config"]["model"], summary["config"]["revision"]) == (HUB, COMMIT)
 
 
-def test_fetching_the_same_revision_again_reruns_nothing_else(offline_run):
-    """The data stage waits for the fetch (an ancient() input, the same folder whatever the revision); the jobs
-    after it take its outputs as ancient(), with the model's hub id and revision as params: none reruns."""
+def test_fetching_the_same_revision_again_samples_and_trains_nothing_again(offline_run):
+    """The jobs that load the model take the folder as ancient(), with the model's hub id and revision as params:
+    once the checkpoint has run, none of them reruns. The student's scoring, which comes after its evaluation,
+    does (seconds, the same scores, and nothing after it): Snakemake decides again only the jobs that depend on the
+    checkpoint that ran, and keeps the others' first decision, made while the evaluation had a missing input."""
     _, _, runs = offline_run
-    assert ran_jobs(runs["fetched again"]) == {"fetch_model": 1}
+    assert ran_jobs(runs["fetched again"]) == {"fetch_model": 1, "score_eval": 1}
 
 
 def test_moving_the_teachers_revision_refetches_it_and_samples_the_teacher_again_in_the_same_run(offline_run):
