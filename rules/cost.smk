@@ -27,7 +27,7 @@ def cost_jobs():
     """Every job whose cost the ledger counts, as STAGE:NAME:GPUS:BENCHMARK (scripts/write_cost.py --job)."""
     jobs = [f"models:prepare_model {name}:0:benchmarks/models/{name}.tsv" for name in cost_model_names()]
     for folder, (hub, _) in hub_models().items():
-        jobs.append(f"models:fetch_model {hub}:0:benchmarks/models/fetch_{os.path.basename(folder)}.tsv")
+        jobs.append(f"models:fetch_model {hub}:0:benchmarks/hub_models/{os.path.basename(folder)}.tsv")
     jobs += [f"data:fetch_dataset {name}:0:benchmarks/data/fetch_{name}.tsv" for name in hub_datasets()]
     jobs.append("data:prepare_data:0:benchmarks/data/prepare.tsv")
     if cost_stages_sft():

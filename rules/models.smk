@@ -34,8 +34,8 @@ checkpoint fetch_model:
     conda:
         CONDA_ENV
     log:
-        "logs/models/fetch_{hub_model}.log",
+        "logs/hub_models/{hub_model}.log",
     benchmark:
-        "benchmarks/models/fetch_{hub_model}.tsv"
+        "benchmarks/hub_models/{hub_model}.tsv"
     shell:
         "python {SCRIPTS:q}/fetch_model.py {params.options:q} --output {output:q} > {log:q} 2>&1"

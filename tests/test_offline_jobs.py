@@ -62,7 +62,8 @@ def offline_run(tmp_path_factory):
         "teacher.model": TEACHER, "teacher.revision": COMMIT, "train.model": HUB, "train.revision": COMMIT,
         "data.num_samples": 4, "curate.reward_threshold": 0.0, "eval.models": ["student"]})
     workdir, compute_cache = top / "run", top / "compute node hf"
-    targets = ("results/eval.json", "results/train/sft/summary.json")
+    # The cost ledger reads every job's benchmark file, the fetches' too.
+    targets = ("results/eval.json", "results/train/sft/summary.json", "results/cost.json")
     moved = edited_config(config, top / "moved.yaml", **{"teacher.revision": MOVED})
     steps = {"plan before the fetch": (config, compute_cache, "-n", *targets),
              "fetch": (config, login_cache, STORE, TEACHER_STORE),
@@ -106,6 +107,10 @@ def test_teacher_train_and_evaluate_ran_offline_from_the_store_and_read_no_huggi
     workdir, compute_cache, runs = offline_run
     ran = ran_jobs(runs["run"])
     assert {"teacher", "train", "evaluate"} <= set(ran) and "fetch_model" not in ran
+    ledger = json.loads((workdir / "results" / "cost.json").read_text())
+    fetches = [job for stage in ledger["stages"] for job in stage["jobs"] if job["name"].startswith("fetch_model")]
+    assert sorted(job["name"] for job in fetches) == [f"fetch_model {HUB}", f"fetch_model {TEACHER}"]
+    assert all(job["measured"] for job in fetches)
     # Nothing was downloaded into, or read from, a Hugging Face cache on the "compute node".
     assert not any(compute_cache.rglob("models--*"))
     server_log = (workdir / "logs" / "teacher" / "00000.server.log").read_text()
@@ -130,7 +135,7 @@ def test_fetching_the_same_revision_again_samples_and_trains_nothing_again(offli
     does (seconds, the same scores, and nothing after it): Snakemake decides again only the jobs that depend on the
     checkpoint that ran, and keeps the others' first decision, made while the evaluation had a missing input."""
     _, _, runs = offline_run
-    assert ran_jobs(runs["fetched again"]) == {"fetch_model": 1, "score_eval": 1}
+    assert ran_jobs(runs["fetched again"]) == {"fetch_model": 1, "score_eval": 1, "cost": 1}
 
 
 def test_moving_the_teachers_revision_refetches_it_and_samples_the_teacher_again_in_the_same_run(offline_run):
@@ -141,6 +146,6 @@ def test_moving_the_teachers_revision_refetches_it_and_samples_the_teacher_again
     config_hash names the revision.)"""
     workdir, _, runs = offline_run
     ran = ran_jobs(runs["teacher's revision moved"])
-    assert ran == {"fetch_model": 1, "teacher": 1, "reward": 1, "curate": 1, "train": 1, "eval_summary": 1}
+    assert ran == {"fetch_model": 1, "teacher": 1, "reward": 1, "curate": 1, "train": 1, "eval_summary": 1, "cost": 1}
     assert json.loads((workdir / TEACHER_STORE / "origin.json").read_text())["revision"] == MOVED
     assert json.loads((workdir / STORE / "origin.json").read_text())["revision"] == COMMIT
