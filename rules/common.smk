@@ -217,10 +217,10 @@ def hub_models():
 
 def fetch_model_options(wildcards):
     """fetch_model.py's --hub and --revision for one store folder (a param: they decide what is fetched)."""
-    folder = f"{MODEL_STORE}/{wildcards.hub_model}"
-    if folder not in hub_models():
-        raise ValueError(f"{folder}: no model of this config is kept there ({', '.join(hub_models()) or 'none'})")
-    hub, revision = hub_models()[folder]
+    folder, models = f"{MODEL_STORE}/{wildcards.hub_model}", hub_models()
+    if folder not in models:
+        raise ValueError(f"{folder}: no model of this config is kept there ({', '.join(models) or 'none'})")
+    hub, revision = models[folder]
     return ["--hub", hub] + (["--revision", revision] if revision else [])
 
 
