@@ -15,6 +15,12 @@ TINY = REPO / "tests" / "configs" / "tiny.yaml"
 EMBEDDED = ("qwen2.5-coder-0.5b-instruct", "smollm2-135m-instruct")
 # Converted models are kept between test runs on the same machine (conversion takes about two minutes).
 MODEL_CACHE = Path(os.environ.get("MATHSFT_TEST_MODELS", REPO / ".cache" / "models"))
+# The suite oversubscribes the cores by design (two workers, each starting processes that use every core). OpenMP
+# threads that spin while they wait (libgomp's default) then take the cores from the threads with work: two CPU
+# trainings side by side took 75-120 s each, against 11-13 s with sleeping waits (7.4 s alone), with the same
+# losses (bench/omp_wait.sh). Every process the tests start inherits this. Not a pipeline default: a training
+# alone on its cores is about 20% faster spinning.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # Under pytest-xdist (pyproject.toml: two workers, whole files each) these go first, slowest first; the rest follow
 # in collection order. tests/endpoint/ goes to one worker as one unit: its files share one vLLM server.
 SLOWEST_FIRST = ("tests/test_slurm.py", "tests/test_pipeline.py", "tests/endpoint", "tests/test_train_run.py",
