@@ -107,9 +107,9 @@ def main() -> None:
         print(f"dry run, {key}: {value}: {jobs(plan) or 'nothing'}")
 
     for store in sorted(args.workdir.glob("results/**/.samples")):
-        size = sum(p.stat().st_size for p in store.iterdir())
-        print(f"sample store {store.relative_to(args.workdir)}: {len(list(store.iterdir()))} files, "
-              f"{size / 1e6:.2f} MB")
+        files = [path for path in store.rglob("*") if path.is_file()]
+        size = sum(path.stat().st_size for path in files)
+        print(f"sample store {store.relative_to(args.workdir)}: {len(files)} files, {size / 1e6:.2f} MB")
 
 
 if __name__ == "__main__":

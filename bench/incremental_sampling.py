@@ -42,7 +42,7 @@ def teacher_stage(workdir: Path, config: dict, samples: int) -> tuple[float, int
     for log in sorted((workdir / "logs" / "teacher").glob("*[0-9].log")):
         line = next(line for line in log.read_text().splitlines() if " summary " in line)
         summary = json.loads(line.split(" summary ", 1)[1])
-        requested += summary["requested"] - summary["resumed"]
+        requested += summary["sent"]
     return elapsed, requested
 
 

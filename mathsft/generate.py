@@ -20,7 +20,7 @@ from mathsft.io import folder_digest
 from mathsft.prompts import build_messages
 
 if TYPE_CHECKING:
-    from mathsft.journal import Journal
+    from mathsft.journal import SampleStore
 
 log = logging.getLogger(__name__)
 
@@ -302,45 +302,60 @@ async def _sample_all(base_url, api_key, served_model_name, model_id, rows, todo
     return results
 
 
-def journal_fingerprint(rows: list[dict], model_id: str, prompt_template: str, sampling: Sampling, api: str = "chat",
+def problem_key(row: dict) -> str:
+    """What a stored sample answers: its problem's id and a digest of the problem's text and gold answer. The sample
+    store finds samples by it (with the sample index), so a problem keeps its samples whichever output, position or
+    benchmark it comes back in, and a problem whose text or answer changed under the same id is sampled anew."""
+    content = hashlib.sha256(json.dumps([row["problem"], row["answer"]]).encode()).hexdigest()[:16]
+    return f"{row['problem_id']}:{content}"
+
+
+def journal_fingerprint(model_id: str, prompt_template: str, sampling: Sampling, api: str = "chat",
                         server_args: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
-    """What a stored sample depends on: the model id (for a local folder, its files' digest too: a retrained model
-    keeps its path), prompt template, API, sampling settings, server arguments, seed and rows. samples_per_problem is
-    left out: more samples only add indices, fewer keep indices < n. Whole rows are digested, not only the
-    problem texts: a stored record brings back its row's other fields (the gold answer, the benchmark) too."""
-    rows_digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
-    # The keys name the store's files (mathsft.journal.store_path): renaming one would orphan every stored sample.
+    """What a stored sample depends on besides its problem (problem_key) and index: the model id (for a local
+    folder, its files' digest too: a retrained model keeps its path), prompt template, API, sampling settings,
+    server arguments and seed. samples_per_problem is left out: more samples only add indices, fewer keep indices
+    < n. The rows are left out too: a sample is found by its problem, whichever output asks for it."""
+    # The keys name the store's folders (mathsft.journal.store_folder): renaming one would orphan every stored
+    # sample. Stores written before samples were keyed by problem hold these and a digest of their rows, "rows".
     return {"model": model_id, "model_files": folder_digest(model_id) if os.path.isdir(model_id) else None,
             "template": prompt_template, "api": api, "temperature": sampling.temperature, "top_p": sampling.top_p,
             "max_tokens": sampling.max_tokens, "seed": sampling.seed, "ignore_eos": sampling.ignore_eos,
-            "server_args": list(server_args), "rows": rows_digest}
+            "server_args": list(server_args)}
 
 
 def sample(rows: list[dict], base_url: str, served_model_name: str, prompt_template: str, sampling: Sampling,
            settings: ClientSettings, api_key: str | None = None,
            check_alive: Callable[[], None] | None = None,
-           journal: "Journal | None" = None,
+           journal: "SampleStore | None" = None,
            render: Callable[[list[dict]], str] | None = None,
            model_id: str | None = None,
-           stored: dict[tuple[int, int], dict] | None = None,
+           stored: dict[tuple[str, int], dict] | None = None,
            think_prefilled: bool | None = None) -> tuple[list[dict], dict[str, Any]]:
     """Sample `samples_per_problem` responses for each problem row from `served_model_name` (the name requests
     use; records keep `model_id`, the weights behind it, default the served name, with the served name beside it
     where the two differ). Returns the successful records (each row's own fields + the sample's), ordered by
     (row, sample index), and a summary; raises GenerationFailed when more than `max_failed_fraction` of the
-    samples failed. With a journal, samples it already holds are not requested again and each new one is
-    appended as it finishes. With `render` (messages -> prompt text, e.g. a chat template), the
-    text-completions API is used instead of chat. `think_prefilled`: whether the prompts end inside an opened
-    <think> (mathsft.turns; None: not known), stored with each new sample."""
+    samples failed. With a sample store (`journal`), samples it already holds, by problem (problem_key) and
+    sample index, are not requested again, and each new one is stored as it finishes. A problem that two rows
+    hold (one problem in two benchmarks) is requested once; each row gets its samples with its own fields. With
+    `render` (messages -> prompt text, e.g. a chat template), the text-completions API is used instead of chat.
+    `think_prefilled`: whether the prompts end inside an opened <think> (mathsft.turns; None: not known), stored
+    with each new sample."""
     from tqdm import tqdm
 
-    # `stored`: what the caller already loaded from the journal (it decided from it whether a server is needed).
+    # `stored`: what the caller already loaded from the store (it decided from it whether a server is needed).
     done = stored if stored is not None else journal.load() if journal is not None else {}
+    keys = [problem_key(row) for row in rows]
     wanted = [(i, k) for i in range(len(rows)) for k in range(sampling.samples_per_problem)]
-    todo = [key for key in wanted if key not in done]
+    first_row: dict[tuple[str, int], int] = {}  # each distinct sample asked for -> the first row that asks for it
+    for i, k in wanted:
+        first_row.setdefault((keys[i], k), i)
+    todo = [(i, k) for (key, k), i in first_row.items() if (key, k) not in done]
     total = len(wanted)
     started = time.monotonic()
-    bar = tqdm(total=total, initial=total - len(todo), desc="samples", unit="req", mininterval=5.0)
+    bar = tqdm(total=len(first_row), initial=len(first_row) - len(todo), desc="samples", unit="req",
+               mininterval=5.0)
     tokens = 0
     retried: Counter = Counter()  # failed attempts that were asked again, by exception type
 
@@ -349,12 +364,12 @@ def sample(rows: list[dict], base_url: str, served_model_name: str, prompt_templ
         record["think_prefilled"] = think_prefilled
         tokens += record.get("completion_tokens") or 0
         if journal is not None and record["error"] is None:
-            journal.append({k: v for k, v in record.items() if k != "error"})
+            journal.append({k: v for k, v in record.items() if k not in ("error", "row_index")})
         bar.update(1)
         bar.set_postfix(tok_s=f"{tokens / max(time.monotonic() - started, 1e-9):.1f}", refresh=False)
 
     try:
-        results = asyncio.run(
+        fresh = asyncio.run(
             _sample_all(base_url, api_key, served_model_name, model_id or served_model_name, rows, todo,
                         prompt_template, sampling, settings, check_alive, progress, render, retried)
         ) if todo else []
@@ -362,14 +377,16 @@ def sample(rows: list[dict], base_url: str, served_model_name: str, prompt_templ
         bar.close()
         if journal is not None:
             journal.close()
-    results += [done[key] | {"error": None} for key in wanted if key in done]
-    results.sort(key=lambda r: (r["row_index"], r["sample_index"]))
+    answers = {key: record | {"error": None} for key, record in done.items()}
+    answers |= {(keys[record["row_index"]], record["sample_index"]): record for record in fresh}
+    # Each row's samples carry that row's fields (its benchmark, its source) and its index.
+    results = [answers[keys[i], k] | rows[i] | {"row_index": i} for i, k in wanted]
     failed = [r for r in results if r["error"] is not None]
     ok = [{k: v for k, v in r.items() if k not in ("error", "row_index")} for r in results if r["error"] is None]
     elapsed = time.monotonic() - started
     summary = {
-        "requested": total, "resumed": total - len(todo), "succeeded": len(ok), "failed": len(failed),
-        "elapsed_s": round(elapsed, 2),
+        "requested": total, "resumed": sum((keys[i], k) in done for i, k in wanted), "sent": len(todo),
+        "succeeded": len(ok), "failed": len(failed), "elapsed_s": round(elapsed, 2),
         "completion_tokens": tokens, "output_tokens_per_s": round(tokens / max(elapsed, 1e-9), 2),
         "finish_length": sum(r["finish_reason"] == "length" for r in ok),
         "retried": dict(sorted(retried.items())),

@@ -1,13 +1,16 @@
-"""The sample store: per output (a teacher shard, a model's evaluation) and per fingerprint (the model and
-everything that decides a sample but how many are drawn), an append-only journal of finished samples. A killed
-job resumes from it without losing or repeating samples, and it stays after the output is complete: a rerun
-that asks for more samples per problem requests only the new indices, one that asks for fewer requests
-nothing, and switching a setting back reuses what was sampled under it. It lives in a `.samples` folder
-beside the output, never a declared output (Snakemake deletes those before a rerun).
+"""The sample store: per model and sampling settings (a fingerprint: everything that decides a sample but its
+problem and index), a folder of append-only journals of finished samples, one per output (a teacher shard, a
+model's evaluation), each written only by the job that samples that output. A sample is found by its problem
+(mathsft.generate.problem_key: the problem's id and a digest of its text and gold answer) and its index, in any
+journal of the folder: a killed job resumes without losing or repeating samples; a rerun that asks for more
+samples per problem requests only the new indices, one that asks for fewer requests nothing; adding, removing or
+reordering problems (a benchmark added, a shard grown) requests only the problems no journal holds; switching a
+setting back reuses what was sampled under it. It lives in a `.samples` folder beside the outputs, never a declared
+output (Snakemake deletes those before a rerun).
 
-A stored line is outside input too: it is used only when it matches its output's row (problem id, problem,
-answer...), the store's model and the max_tokens asked for; one that does not is skipped, counted and sampled
-again. One job at a time samples an output: it holds the output's lock (hold_output) until it exits."""
+A stored line is outside input too: it is used only when it is whole and well typed and matches the store's model
+and the max_tokens asked for; one that does not is skipped, counted and sampled again. One job at a time samples
+an output: it holds the output's lock (hold_output) until it exits."""
 
 from __future__ import annotations
 
@@ -25,14 +28,14 @@ from typing import Any
 
 import pyarrow as pa
 
-from mathsft.generate import reply_byte_limit, token_count_problem, turn_bytes
+from mathsft.generate import problem_key, reply_byte_limit, token_count_problem, turn_bytes
 from mathsft.io import OPTIONAL_COLUMNS, TRAJECTORY_SCHEMA, fsync_parent
 
 log = logging.getLogger(__name__)
 VERSION = 1
 # Fields a journaled sample must hold a value in; other fields of the output schema may be null, as a fresh
 # sample's may (served_model_name, for one).
-_NOT_NULL = ("row_index", "sample_index", "response")
+_NOT_NULL = ("problem_id", "problem", "answer", "sample_index", "response")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 HEADER_BYTES = 1 << 20  # a header holds a fingerprint: a few hundred bytes
 
@@ -66,11 +69,11 @@ def hold_output(output: str | os.PathLike) -> None:
     _HELD[lock] = fd
 
 
-def store_path(output: str | os.PathLike, fingerprint: dict[str, Any]) -> Path:
-    """Where the samples of `output` under `fingerprint` live: .samples/{output stem}.{digest}.jsonl beside it."""
-    output = Path(output)
+def store_folder(output: str | os.PathLike, fingerprint: dict[str, Any]) -> Path:
+    """The folder of the samples drawn under `fingerprint` beside `output`: .samples/{digest}; the journal of
+    `output` in it is {output stem}.jsonl."""
     digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
-    return output.parent / ".samples" / f"{output.stem}.{digest}.jsonl"
+    return Path(output).parent / ".samples" / digest
 
 
 def _fits(value: Any, type_: pa.DataType) -> bool:
@@ -96,12 +99,11 @@ def _fits(value: Any, type_: pa.DataType) -> bool:
 
 
 def _record_problem(record: Any, schema: pa.Schema) -> str | None:
-    """Why a journal record cannot go into an output of `schema` (and be keyed by row and sample index),
+    """Why a journal record cannot go into an output of `schema` (and be keyed by problem and sample index),
     or None when it can."""
     if not isinstance(record, dict):
         return f"a JSON {type(record).__name__}, not an object"
-    fields = [pa.field("row_index", pa.int64(), nullable=False)] + list(schema)
-    for field in fields:
+    for field in schema:
         if field.name not in record:
             if field.name in OPTIONAL_COLUMNS:  # a record stored before the column existed: null
                 continue
@@ -112,52 +114,72 @@ def _record_problem(record: Any, schema: pa.Schema) -> str | None:
                 return f"{field.name} is null"
         elif not _fits(value, field.type):
             return f"{field.name} is {type(value).__name__} {str(value)[:40]!r}, not {field.type}"
-    for key in ("row_index", "sample_index"):
-        if record[key] < 0:
-            return f"{key} {record[key]} is negative"
+    if record["sample_index"] < 0:
+        return f"sample_index {record['sample_index']} is negative"
     return None
 
 
 class Journal:
-    """Records keyed by (row_index, sample_index), valid only for one fingerprint (model, sampling
-    settings, prompt template, the rows): a journal written under other settings is set aside unused.
-    A record must hold every field of `schema` (the output it ends up in); one that does not is skipped."""
+    """One output's journal in the store: records keyed by (problem_key, sample_index), valid only for one
+    fingerprint (model, sampling settings, prompt template...): a journal written under other settings is set aside
+    unused. A record must hold every field of `schema` (the output it ends up in); one that does not is skipped.
+    `read_only`: another output's journal (or one written before samples were keyed by problem, `legacy`), read
+    and never changed: its damaged lines are skipped, not removed, and a header from other settings leaves it be."""
 
     def __init__(self, path: str | os.PathLike, fingerprint: dict[str, Any], fsync_every_s: float = 1.0,
-                 schema: pa.Schema = TRAJECTORY_SCHEMA, rows: list[dict] | None = None):
-        """`rows`: the output's problem rows; a record is used only if it holds its row's fields unchanged."""
+                 schema: pa.Schema = TRAJECTORY_SCHEMA, rows: list[dict] | None = None, read_only: bool = False,
+                 legacy: bool = False):
+        """`rows`: the problem rows the caller samples; they bound how long a line of the journal can be."""
         self.path = Path(path)
         self.fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True))
         self.fsync_every_s = fsync_every_s
         self.schema = schema
         self.rows = rows
+        self.read_only = read_only or legacy
+        self.legacy = legacy
         self.skipped = 0  # unreadable record lines found by the last load()
         self._file = None
         self._last_sync = 0.0
 
-    def load(self) -> dict[tuple[int, int], dict]:
-        """Finished records from an earlier run (first of any duplicate kept). Unreadable lines (torn by a kill,
-        damaged bytes, missing or mistyped fields) and records that do not match their row, the store's model or
-        its max_tokens are skipped and counted in `skipped`: those samples are requested again. Only a journal
-        holding such lines (or duplicates) is rewritten, with the records returned."""
+    def header_matches(self, header: Any) -> bool:
+        """Whether a journal's header says it was written under this journal's fingerprint (a legacy journal's, with
+        the digest of its rows, under this fingerprint and any rows)."""
+        if not isinstance(header, dict) or header.get("journal") != VERSION:
+            return False
+        fingerprint = header.get("fingerprint")
+        if self.legacy:
+            if not isinstance(fingerprint, dict) or "rows" not in fingerprint:
+                return False
+            fingerprint = {key: value for key, value in fingerprint.items() if key != "rows"}
+        return fingerprint == self.fingerprint
+
+    def load(self, problems: set[str] | None = None) -> dict[tuple[str, int], dict]:
+        """Finished records from an earlier run (first of any duplicate kept), keyed by (problem_key, sample_index);
+        only those of `problems` (problem keys) where given. Unreadable lines (torn by a kill, damaged bytes, missing or mistyped fields)
+        and records that do not match the store's model or its max_tokens are skipped and counted in `skipped`:
+        those samples are requested again. Only a journal of this output holding such lines (or duplicates) is
+        rewritten, with every good record it holds."""
         self.skipped = 0
         if not self.path.exists():
             return {}
-        records: dict[tuple[int, int], dict] = {}
-        problems = []
+        records: dict[tuple[str, int], dict] = {}
+        damaged = []
         lines = 0
+        ids = None if problems is None else {key.rsplit(":", 1)[0] for key in problems}
         with open(self.path, "rb") as f:
             header_line = f.readline(HEADER_BYTES)
             try:
                 header = json.loads(header_line.decode("utf-8"))
             except (UnicodeDecodeError, ValueError, RecursionError):
                 header = None
-            readable = isinstance(header, dict)
-            if not readable or header.get("journal") != VERSION or header.get("fingerprint") != self.fingerprint:
+            if not self.header_matches(header):
                 f.close()
+                why = "was written under other settings" if isinstance(header, dict) else "has an unreadable header"
+                if self.read_only:
+                    log.warning("journal %s %s; not read", self.path, why)
+                    return {}
                 stale = self.path.with_name(self.path.name + f".stale-{int(time.time())}")
                 os.replace(self.path, stale)
-                why = "was written under other settings" if readable else "has an unreadable header"
                 log.warning("journal %s %s; set aside as %s", self.path, why, stale.name)
                 return {}
             ends_clean = header_line.endswith(b"\n")
@@ -165,6 +187,8 @@ class Journal:
                 lines += 1
                 ends_clean = raw is None or raw.endswith(b"\n")
                 problem = "longer than a sample of this store can be" if raw is None else None
+                if ids is not None and raw is not None and _another_problem(raw, ids):
+                    continue  # another problem's sample (read first by its id, without parsing the line)
                 if raw is not None:
                     try:
                         record = json.loads(raw.decode("utf-8"))
@@ -175,16 +199,18 @@ class Journal:
                     else:
                         problem = _record_problem(record, self.schema) or self._mismatch(record)
                 if problem is not None:
-                    problems.append(f"line {number}: {problem}")
+                    damaged.append(f"line {number}: {problem}")
                     continue
-                records.setdefault((record["row_index"], record["sample_index"]), record)
-        self.skipped = len(problems)
-        if problems:
+                record.pop("row_index", None)  # where an earlier output held the problem: meaningless here
+                key = problem_key(record)
+                if problems is None or key in problems:
+                    records.setdefault((key, record["sample_index"]), record)
+        self.skipped = len(damaged)
+        if damaged:
             log.warning("journal %s: %d line(s) skipped, their samples are requested again (%s%s)",
-                        self.path, len(problems), "; ".join(problems[:3]), "; ..." if len(problems) > 3 else "")
-        log.info("journal %s: resuming with %d finished samples (%d lines skipped)", self.path, len(records),
-                 self.skipped)
-        if problems or len(records) < lines or not ends_clean:
+                        self.path, len(damaged), "; ".join(damaged[:3]), "; ..." if len(damaged) > 3 else "")
+        log.info("journal %s: %d finished samples (%d lines skipped)", self.path, len(records), self.skipped)
+        if not self.read_only and problems is None and (damaged or len(records) < lines or not ends_clean):
             self._rewrite(records)  # only good records, so that appends start on a clean line
         return records
 
@@ -195,7 +221,7 @@ class Journal:
         return reply_byte_limit(int(self.fingerprint.get("max_tokens") or 1 << 16)) + 4 * row_bytes
 
     def _mismatch(self, record: dict) -> str | None:
-        """Why a well-formed record is not a sample of this store's rows and model, or None."""
+        """Why a well-formed record is not a sample of this store's model, or None."""
         model = self.fingerprint.get("model")
         if model is not None and record["model"] != model:
             return f"model {str(record['model'])[:60]!r} is not the store's {model!r}"
@@ -205,13 +231,6 @@ class Journal:
                                           self.fingerprint.get("max_tokens"))
             if problem:
                 return f"its response {problem}"
-        if self.rows is not None:
-            index = record["row_index"]
-            if index >= len(self.rows):
-                return f"row_index {index}, past the output's {len(self.rows)} rows"
-            differing = [key for key, value in self.rows[index].items() if record.get(key) != value]
-            if differing:
-                return f"{', '.join(differing)} differ from row {index}'s"
         return None
 
     def _header_line(self) -> str:
@@ -238,9 +257,13 @@ class Journal:
     def append(self, record: dict) -> None:
         """Add one finished sample. Flushed at once (a killed process loses nothing written), fsynced
         at most every fsync_every_s (a crashed node loses at most that much)."""
+        if self.read_only:
+            raise ValueError(f"{self.path} is another output's journal: read, never written")
         if self._file is None:
             new = not self.path.exists()
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not self.path.parent.is_dir():
+                self.path.parent.mkdir(parents=True)
+                fsync_parent(self.path.parent)  # a new settings' folder: its name too must survive a crash
             self._file = open(self.path, "a", encoding="utf-8")
             if new:
                 self._file.write(self._header_line())
@@ -263,6 +286,82 @@ class Journal:
         """Delete the journal (the pipeline keeps it: see the module's docstring)."""
         self.close()
         self.path.unlink(missing_ok=True)
+
+
+class SampleStore:
+    """The samples of one output under one fingerprint: its own journal (.samples/{digest}/{output stem}.jsonl),
+    which it appends to, and every other journal under the same fingerprint beside it, which it reads: another
+    output's in the same folder, and those written before samples were keyed by problem
+    (.samples/{output stem}.{digest of the fingerprint and rows}.jsonl, whose header names its fingerprint). So a
+    finished run moved to this store resamples nothing."""
+
+    def __init__(self, output: str | os.PathLike, fingerprint: dict[str, Any], schema: pa.Schema = TRAJECTORY_SCHEMA,
+                 rows: list[dict] | None = None, fsync_every_s: float = 1.0):
+        output = Path(output)
+        self.folder = store_folder(output, fingerprint)
+        self.fingerprint, self.schema, self.rows = fingerprint, schema, rows
+        self.own = Journal(self.folder / f"{output.stem}.jsonl", fingerprint, fsync_every_s, schema, rows)
+        self.path = self.own.path
+        self.skipped = 0  # damaged lines of this output's own journal, by the last load()
+        self.others_skipped = 0  # damaged lines of the other journals read (left as they are)
+
+    def load(self) -> dict[tuple[str, int], dict]:
+        """Every sample of the store's journals that this output asks for (its rows' problems, any sample index;
+        without rows, every sample of its own journal): its own journal's first, then the others' in name order."""
+        records = self.own.load()
+        self.skipped, self.others_skipped = self.own.skipped, 0
+        if self.rows is None:
+            return records
+        problems = {problem_key(row) for row in self.rows}
+        for journal in self._others():
+            for pair, record in journal.load(problems).items():
+                records.setdefault(pair, record)
+            self.others_skipped += journal.skipped
+        if self.others_skipped:
+            log.warning("sample store %s: %d damaged line(s) in other outputs' journals skipped",
+                        self.folder, self.others_skipped)
+        return records
+
+    def _others(self) -> list[Journal]:
+        """The other journals this output's samples may be in: the folder's, then the legacy ones beside it whose
+        header names this fingerprint."""
+        common = dict(schema=self.schema, rows=self.rows, read_only=True)
+        found = [Journal(path, self.fingerprint, **common) for path in sorted(self.folder.glob("*.jsonl"))
+                 if path != self.own.path]
+        for path in sorted(self.folder.parent.glob("*.jsonl")):
+            legacy = Journal(path, self.fingerprint, legacy=True, **common)
+            if legacy.header_matches(_read_header(path)):
+                found.append(legacy)
+        return found
+
+    def append(self, record: dict) -> None:
+        self.own.append(record)
+
+    def close(self) -> None:
+        self.own.close()
+
+    def remove(self) -> None:
+        """Delete this output's journal (the pipeline keeps it: see the module's docstring)."""
+        self.own.remove()
+
+
+_LEADING_ID = re.compile(rb'\{"problem_id": "([0-9A-Za-z_.:/-]{1,200})", ')
+
+
+def _another_problem(line: bytes, ids: set[str]) -> bool:
+    """Whether a record line starts with the id of a problem not in `ids`, as mathsft.generate writes records (the
+    row's fields first). A line written otherwise, or damaged at its start, is not known to be: it is parsed whole."""
+    match = _LEADING_ID.match(line)
+    return match is not None and match.group(1).decode() not in ids
+
+
+def _read_header(path: Path) -> Any:
+    """The header of the journal at `path`, or None where it has no readable one."""
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.readline(HEADER_BYTES).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return None
 
 
 def _bounded_lines(f, limit: int):

@@ -8,8 +8,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
-from mathsft.generate import ClientSettings, Sampling, journal_fingerprint, sample
-from mathsft.journal import Journal, hold_output, store_path
+from mathsft.generate import ClientSettings, Sampling, journal_fingerprint, problem_key, sample
+from mathsft.journal import SampleStore, hold_output
 from mathsft.prompts import build_messages
 from mathsft.serve import external_endpoint, serving
 from mathsft.turns import prompt_prefills_think
@@ -111,22 +111,23 @@ def think_prefilled(sampler: Sampler, render: Callable[[list[dict]], str] | None
 
 
 def sample_rows(sampler: Sampler, rows: list[dict], output: str, schema) -> tuple[list[dict], dict]:
-    """Sample `samples_per_problem` answers per row, reusing the sample store beside `output` (records of `schema`):
-    the server, the user's or a managed one, is reached only when some sample is missing from it. Returns the
+    """Sample `samples_per_problem` answers per row, reusing the sample store beside `output` (records of `schema`,
+    found by problem in any output's journal of the same model and settings): the server, the user's or a managed
+    one, is reached only when some sample is missing from it. Returns the
     records in (row, sample index) order and the summary of mathsft.generate.sample. Holds the output's lock
     (mathsft.journal.hold_output) from here until the job exits."""
     hold_output(output)  # until this job ends: a second job on the same output stops here, naming this one
     render = renderer(sampler)
     server, sampling = sampler.server, sampler.sampling
     model_id = model_id_of(server)
-    fingerprint = journal_fingerprint(rows, model_id, sampler.prompt_template, sampling, sampler.api,
+    fingerprint = journal_fingerprint(model_id, sampler.prompt_template, sampling, sampler.api,
                                       [] if server.endpoint else server.managed_args())
-    store = Journal(store_path(output, fingerprint), fingerprint, schema=schema, rows=rows)
+    store = SampleStore(output, fingerprint, schema=schema, rows=rows)
     stored = store.load()
-    missing = [(i, k) for i in range(len(rows)) for k in range(sampling.samples_per_problem) if (i, k) not in stored]
+    missing = {(problem_key(row), k) for row in rows for k in range(sampling.samples_per_problem)} - stored.keys()
     if not missing:
         log.info("all %d samples are in the sample store %s: no server needed",
-                 len(rows) * sampling.samples_per_problem, store.path)
+                 len(rows) * sampling.samples_per_problem, store.folder)
         return sample(rows, "", server.model, sampler.prompt_template, sampling, sampler.client, journal=store,
                       render=render, stored=stored)
     loads, revision, served_model_name = server.launch()

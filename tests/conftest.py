@@ -69,7 +69,7 @@ def converted_model(name: str) -> Path:
 
 def store_file(output: Path) -> Path:
     """The sample store's file for `output` (one fingerprint in these tests), or a path that does not exist yet."""
-    found = sorted((output.parent / ".samples").glob(f"{output.stem}.*.jsonl"))
+    found = sorted((output.parent / ".samples").glob(f"*/{output.stem}.jsonl"))
     return found[0] if found else output.parent / ".samples" / "none-yet.jsonl"
 
 

@@ -74,10 +74,10 @@ def test_shards_cover_rows_in_fixed_size_ranges():
     assert re.fullmatch(data.SHARD_NAME_PATTERN, data.shard_name(99999))
 
 
-# What the sample store of a chain_sum benchmark was named before benchmarks carried metadata (the rows digest of
-# the same problem, read as PROBLEM_SCHEMA, with its benchmark's name), with these sampling settings.
-SAMPLING = dict(model="HuggingFaceTB/SmolLM2-135M-Instruct", template="boxed_cot_v1")
-STORE_BEFORE_METADATA = "student.00495e200bafd2b6.jsonl"
+# What the sample store finds a chain_sum problem's samples by (mathsft.generate.problem_key: its id, and its text
+# and gold answer as read from a BENCHMARK_SCHEMA file). Metadata must not move it, nor must a change to how keys
+# are made: that would orphan every stored sample.
+KEY_BEFORE_METADATA = "ae00999e34ae5653:a2ea54663763bcb4"
 
 
 def _stored_benchmark_rows(tmp_path, name, rows):
@@ -89,12 +89,11 @@ def _stored_benchmark_rows(tmp_path, name, rows):
     return read_parquet(path, BENCHMARK_SCHEMA).to_pylist()
 
 
-def _store_name(problems):
-    from mathsft.generate import Sampling, journal_fingerprint
-    from mathsft.journal import store_path
+def _sample_keys(problems):
+    """What the sample store finds these problems' samples by."""
+    from mathsft.generate import problem_key
 
-    fingerprint = journal_fingerprint(problems, SAMPLING["model"], SAMPLING["template"], Sampling(4, 0.6, 0.95, 256, 0))
-    return store_path("results/eval/generations/student.parquet", fingerprint).name
+    return [problem_key(problem) for problem in problems]
 
 
 def test_benchmark_metadata_leaves_the_sample_store_of_a_problem_without_it_where_it_was(tmp_path):
@@ -105,7 +104,7 @@ def test_benchmark_metadata_leaves_the_sample_store_of_a_problem_without_it_wher
     assert problems == [{"problem_id": "ae00999e34ae5653", "source": "chain_sum", "problem": "Calculate 5 - 3 - 6.",
                          "answer": "$-4$", "benchmark": "chain_sum"}]
     assert metadata == {("chain_sum", "ae00999e34ae5653"): {"level": None, "subject": None}}
-    assert _store_name(problems) == STORE_BEFORE_METADATA
+    assert _sample_keys(problems) == [KEY_BEFORE_METADATA]
 
 
 def test_a_problems_level_and_subject_never_decide_its_samples(tmp_path):
@@ -114,5 +113,5 @@ def test_a_problems_level_and_subject_never_decide_its_samples(tmp_path):
     bare = _stored_benchmark_rows(tmp_path, "bare", [problem])
     problems, metadata = data.benchmark_problems([("math500", described)])
     assert problems == data.benchmark_problems([("math500", bare)])[0]
-    assert _store_name(problems) == _store_name(data.benchmark_problems([("math500", bare)])[0])
+    assert _sample_keys(problems) == _sample_keys(data.benchmark_problems([("math500", bare)])[0])
     assert metadata == {("math500", described[0]["problem_id"]): {"level": "1", "subject": "Counting"}}

@@ -8,21 +8,34 @@ import sys
 
 import pytest
 
-from mathsft.io import EVAL_SAMPLE_SCHEMA, TRAJECTORY_SCHEMA, write_parquet
-from mathsft.journal import Journal, StoreInUse, hold_output, store_path
+from helpers.sample_store import write_legacy_journal
 
-FINGERPRINT = {"model": "m", "temperature": 0.6, "rows": "abc"}
+from mathsft.generate import problem_key
+from mathsft.io import EVAL_SAMPLE_SCHEMA, TRAJECTORY_SCHEMA, write_parquet
+from mathsft.journal import Journal, SampleStore, StoreInUse, hold_output, store_folder
+
+FINGERPRINT = {"model": "m", "temperature": 0.6}
+
+
+def _row(row):
+    """Problem row `row` of these tests (its id is the row number in hex)."""
+    return {"problem_id": f"{row:016x}", "source": "s", "problem": f"{row} + 1?", "answer": f"${row + 1}$"}
 
 
 def _record(row, k, text="x"):
-    """A journaled sample as generation writes it: the row's fields, the sample's, and its row index."""
-    return {
-        "problem_id": f"{row:016x}", "source": "s", "problem": f"{row} + 1?", "answer": f"${row + 1}$",
-        "row_index": row, "sample_index": k, "messages": "[]", "response": text, "finish_reason": "stop",
+    """A journaled sample as generation writes it: the row's fields, then the sample's."""
+    return _row(row) | {
+        "sample_index": k, "messages": "[]", "response": text, "finish_reason": "stop",
         "prompt_tokens": 10, "completion_tokens": 5, "model": "m", "served_model_name": None,
         "prompt_template": "boxed_cot_v1", "api": "chat", "temperature": 0.6, "top_p": 0.95, "max_tokens": 48,
         "seed": 123, "latency_s": 0.5,
     }
+
+
+def _pairs(loaded) -> set[tuple[int, int]]:
+    """(row, sample index) of each loaded record, after checking that it is keyed by its problem and index."""
+    assert all(key == (problem_key(record), record["sample_index"]) for key, record in loaded.items())
+    return {(int(record["problem_id"], 16), record["sample_index"]) for record in loaded.values()}
 
 
 def _journal_with_lines(path, lines: list[bytes], fingerprint=FINGERPRINT) -> None:
@@ -36,11 +49,12 @@ def _journal_with_lines(path, lines: list[bytes], fingerprint=FINGERPRINT) -> No
         f.write(json.dumps(_record(2, 0)).encode() + b"\n")
 
 
-def test_the_store_lives_beside_the_output_one_file_per_fingerprint(tmp_path):
-    path = store_path(tmp_path / "00003.parquet", FINGERPRINT)
-    assert path.parent == tmp_path / ".samples" and path.name.startswith("00003.") and path.suffix == ".jsonl"
-    assert store_path(tmp_path / "00003.parquet", dict(reversed(FINGERPRINT.items()))) == path
-    assert store_path(tmp_path / "00003.parquet", FINGERPRINT | {"temperature": 0.7}) != path
+def test_the_store_lives_beside_the_output_one_folder_per_fingerprint_one_journal_per_output(tmp_path):
+    folder = store_folder(tmp_path / "00003.parquet", FINGERPRINT)
+    assert folder.parent == tmp_path / ".samples" and len(folder.name) == 16
+    assert store_folder(tmp_path / "00004.parquet", dict(reversed(FINGERPRINT.items()))) == folder
+    assert store_folder(tmp_path / "00003.parquet", FINGERPRINT | {"temperature": 0.7}) != folder
+    assert SampleStore(tmp_path / "00003.parquet", FINGERPRINT).path == folder / "00003.jsonl"
 
 
 def test_records_survive_a_reopen_and_the_first_of_duplicates_wins(tmp_path):
@@ -50,7 +64,7 @@ def test_records_survive_a_reopen_and_the_first_of_duplicates_wins(tmp_path):
     journal.append(_record(0, 0, "again"))
     journal.close()
     loaded = Journal(tmp_path / "j.jsonl", FINGERPRINT).load()
-    assert set(loaded) == {(0, 0), (0, 1)} and loaded[(0, 0)]["response"] == "first"
+    assert _pairs(loaded) == {(0, 0), (0, 1)} and loaded[problem_key(_row(0)), 0]["response"] == "first"
 
 
 def test_records_stored_before_the_turn_columns_existed_load_and_are_written_with_them_null(tmp_path):
@@ -63,9 +77,8 @@ def test_records_stored_before_the_turn_columns_existed_load_and_are_written_wit
     journal.close()
     again = Journal(tmp_path / "j.jsonl", FINGERPRINT)
     loaded = again.load()
-    assert set(loaded) == {(0, 0), (1, 0)} and again.skipped == 1
-    write_parquet([{k: v for k, v in record.items() if k != "row_index"} for record in loaded.values()],
-                  tmp_path / "out.parquet", TRAJECTORY_SCHEMA)
+    assert _pairs(loaded) == {(0, 0), (1, 0)} and again.skipped == 1
+    write_parquet(list(loaded.values()), tmp_path / "out.parquet", TRAJECTORY_SCHEMA)
     import pyarrow.parquet as pq
 
     rows = pq.read_table(tmp_path / "out.parquet").to_pylist()
@@ -78,12 +91,12 @@ def test_a_torn_last_line_is_dropped_and_appends_continue_on_a_clean_line(tmp_pa
     journal.append(_record(0, 0))
     journal.close()
     with open(path, "a") as f:
-        f.write('{"row_index": 1, "sample_in')  # a kill in the middle of a write
+        f.write('{"problem_id": "0000000000000001", "sample_in')  # a kill in the middle of a write
     resumed = Journal(path, FINGERPRINT)
-    assert set(resumed.load()) == {(0, 0)} and resumed.skipped == 1
+    assert _pairs(resumed.load()) == {(0, 0)} and resumed.skipped == 1
     resumed.append(_record(1, 0))
     resumed.close()
-    assert set(Journal(path, FINGERPRINT).load()) == {(0, 0), (1, 0)}
+    assert _pairs(Journal(path, FINGERPRINT).load()) == {(0, 0), (1, 0)}
 
 
 def _without(record, key):
@@ -92,9 +105,9 @@ def _without(record, key):
 
 DAMAGED_LINES = {
     "a bad UTF-8 byte": json.dumps(_record(1, 0)).encode().replace(b'"x"', b'"\xff"'),
-    "a missing row_index": json.dumps(_without(_record(1, 1), "row_index")).encode(),
+    "a missing problem_id": json.dumps(_without(_record(1, 1), "problem_id")).encode(),
     "a missing column of the output": json.dumps(_without(_record(1, 2), "finish_reason")).encode(),
-    "a string row_index": json.dumps(_record(1, 3) | {"row_index": "1"}).encode(),
+    "a null answer": json.dumps(_record(1, 3) | {"answer": None}).encode(),
     "a float sample_index": json.dumps(_record(1, 4) | {"sample_index": 4.0}).encode(),
     "a boolean sample_index": json.dumps(_record(1, 5) | {"sample_index": True}).encode(),
     "a negative sample_index": json.dumps(_record(1, 6) | {"sample_index": -1}).encode(),
@@ -117,7 +130,7 @@ def test_a_line_with_damage_is_skipped_counted_and_its_sample_requested_again(tm
     journal = Journal(path, FINGERPRINT)
     with caplog.at_level(logging.INFO, logger="mathsft.journal"):
         loaded = journal.load()
-    assert set(loaded) == {(0, 0), (2, 0)}  # the good lines on both sides are kept
+    assert _pairs(loaded) == {(0, 0), (2, 0)}  # the good lines on both sides are kept
     assert journal.skipped == 1
     assert "1 line(s) skipped" in caplog.text and "line 3:" in caplog.text  # names the line
 
@@ -128,7 +141,7 @@ def test_every_damaged_line_is_counted_and_after_load_and_append_the_file_is_cle
     journal = Journal(path, FINGERPRINT)
     with caplog.at_level(logging.WARNING, logger="mathsft.journal"):
         loaded = journal.load()
-    assert set(loaded) == {(0, 0), (2, 0)} and journal.skipped == len(DAMAGED_LINES)
+    assert _pairs(loaded) == {(0, 0), (2, 0)} and journal.skipped == len(DAMAGED_LINES)
     assert f"{len(DAMAGED_LINES)} line(s) skipped" in caplog.text
     journal.append(_record(1, 0, "redone"))
     journal.close()
@@ -137,7 +150,7 @@ def test_every_damaged_line_is_counted_and_after_load_and_append_the_file_is_cle
     assert len(lines) == 1 + 3 and json.loads(lines[0])["fingerprint"] == FINGERPRINT
     again = Journal(path, FINGERPRINT)
     records = again.load()
-    assert again.skipped == 0 and set(records) == {(0, 0), (1, 0), (2, 0)}
+    assert again.skipped == 0 and _pairs(records) == {(0, 0), (1, 0), (2, 0)}
     # What was kept can be written as the stage's output.
     write_parquet(list(records.values()), tmp_path / "out.parquet", TRAJECTORY_SCHEMA)
 
@@ -146,7 +159,7 @@ def test_a_null_in_a_nullable_column_is_kept_as_a_fresh_sample_would_be(tmp_path
     path = tmp_path / "j.jsonl"
     _journal_with_lines(path, [json.dumps(_record(1, 0) | {"finish_reason": None}).encode()])
     journal = Journal(path, FINGERPRINT)
-    assert set(journal.load()) == {(0, 0), (1, 0), (2, 0)} and journal.skipped == 0
+    assert _pairs(journal.load()) == {(0, 0), (1, 0), (2, 0)} and journal.skipped == 0
 
 
 def test_evaluation_records_keep_their_benchmark_and_need_it(tmp_path):
@@ -157,9 +170,10 @@ def test_evaluation_records_keep_their_benchmark_and_need_it(tmp_path):
     journal.close()
     resumed = Journal(path, FINGERPRINT, schema=EVAL_SAMPLE_SCHEMA)
     records = resumed.load()
-    assert set(records) == {(0, 0)} and records[(0, 0)]["benchmark"] == "aime24" and resumed.skipped == 1
+    key = (problem_key(_row(0)), 0)
+    assert _pairs(records) == {(0, 0)} and records[key]["benchmark"] == "aime24" and resumed.skipped == 1
     resumed.close()
-    assert Journal(path, FINGERPRINT, schema=EVAL_SAMPLE_SCHEMA).load()[(0, 0)]["benchmark"] == "aime24"
+    assert Journal(path, FINGERPRINT, schema=EVAL_SAMPLE_SCHEMA).load()[key]["benchmark"] == "aime24"
 
 
 @pytest.mark.parametrize("header", [b"\xff\xfe", b"[1]", b"", b'{"journal": 1, "fingerp'])
@@ -207,29 +221,48 @@ def test_loading_a_clean_journal_writes_nothing(tmp_path):
     path = tmp_path / "j.jsonl"
     _journal_with_lines(path, [json.dumps(_record(1, 0)).encode()])
     before = path.stat()
-    assert set(Journal(path, FINGERPRINT).load()) == {(0, 0), (1, 0), (2, 0)}
+    assert _pairs(Journal(path, FINGERPRINT).load()) == {(0, 0), (1, 0), (2, 0)}
     after = path.stat()
     assert (after.st_ino, after.st_mtime_ns, after.st_size) == (before.st_ino, before.st_mtime_ns, before.st_size)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["j.jsonl"]
 
 
-ROWS = [{key: _record(row, 0)[key] for key in ("problem_id", "source", "problem", "answer")} for row in range(3)]
-NOT_ITS_ROW = {
-    "another problem id": _record(1, 0) | {"problem_id": "ffffffffffffffff"},
-    "another answer": _record(1, 0) | {"answer": "$99$"},
-    "a row past the output's rows": _record(7, 0),
+ROWS = [_row(row) for row in range(3)]
+NOT_THE_STORES = {
     "another model": _record(1, 0) | {"model": "impostor"},
     "more tokens than max_tokens": _record(1, 0) | {"completion_tokens": 49},
     "a 50 kB response for 5 tokens": _record(1, 0, "x" * 50_000),
 }
 
 
-@pytest.mark.parametrize("record", NOT_ITS_ROW.values(), ids=NOT_ITS_ROW.keys())
-def test_a_stored_sample_that_does_not_match_its_row_or_the_stores_model_is_skipped_and_counted(tmp_path, record):
+@pytest.mark.parametrize("record", NOT_THE_STORES.values(), ids=NOT_THE_STORES.keys())
+def test_a_stored_sample_that_does_not_match_the_stores_model_or_max_tokens_is_skipped_and_counted(tmp_path, record):
     path = tmp_path / "j.jsonl"
     _journal_with_lines(path, [json.dumps(record).encode()], FINGERPRINT | {"max_tokens": 48})
     journal = Journal(path, FINGERPRINT | {"max_tokens": 48}, rows=ROWS)
-    assert set(journal.load()) == {(0, 0), (2, 0)} and journal.skipped == 1
+    assert _pairs(journal.load()) == {(0, 0), (2, 0)} and journal.skipped == 1
+
+
+OTHER_PROBLEMS = {
+    "another problem id": _record(1, 0) | {"problem_id": "ffffffffffffffff"},
+    "another answer": _record(1, 0) | {"answer": "$99$"},
+    "another problem text": _record(1, 0) | {"problem": "1 + 2?"},
+    "a problem no row holds": _record(7, 0),
+}
+
+
+@pytest.mark.parametrize("record", OTHER_PROBLEMS.values(), ids=OTHER_PROBLEMS.keys())
+def test_a_stored_sample_of_another_problem_is_not_one_of_a_rows_even_under_its_id(tmp_path, record):
+    """Another output's journal holds a sample of a problem that differs from row 1 in id, text or answer: the store
+    does not give it to row 1, and does not count it as damage (it is someone else's sample, kept where it is)."""
+    other = SampleStore(tmp_path / "other.parquet", FINGERPRINT)
+    other.append(record)
+    other.append(_record(2, 0))
+    other.close()
+    before = other.path.read_bytes()
+    store = SampleStore(tmp_path / "mine.parquet", FINGERPRINT, rows=ROWS)
+    assert _pairs(store.load()) == {(2, 0)} and store.skipped == store.others_skipped == 0
+    assert other.path.read_bytes() == before
 
 
 def test_a_line_longer_than_any_sample_of_the_store_is_skipped_without_being_read_whole(tmp_path, caplog):
@@ -238,7 +271,7 @@ def test_a_line_longer_than_any_sample_of_the_store_is_skipped_without_being_rea
     _journal_with_lines(path, [b'{"response": "' + b"x" * 5_000_000 + b'"}'], fingerprint)
     journal = Journal(path, fingerprint, rows=ROWS)
     with caplog.at_level(logging.WARNING, logger="mathsft.journal"):
-        assert set(journal.load()) == {(0, 0), (2, 0)} and journal.skipped == 1
+        assert _pairs(journal.load()) == {(0, 0), (2, 0)} and journal.skipped == 1
     assert "line 3: longer than a sample of this store can be" in caplog.text
     assert path.stat().st_size < 10_000  # rewritten without it
 
@@ -297,3 +330,67 @@ def test_remove_deletes_the_journal(tmp_path):
     journal.append(_record(0, 0))
     journal.remove()
     assert not (tmp_path / "j.jsonl").exists()
+
+
+def test_a_sample_is_found_by_its_problem_in_another_outputs_journal_which_stays_as_it_was(tmp_path):
+    """Shard 00000 sampled rows 0 and 1; 00001 now asks for rows 1 and 2 (a shard regrown, a benchmark added):
+    row 1's samples come from 00000's journal, and only row 2 is missing. New samples go to 00001's own journal."""
+    first = SampleStore(tmp_path / "00000.parquet", FINGERPRINT, rows=ROWS[:2])
+    for row in (0, 1):
+        for k in (0, 1):
+            first.append(_record(row, k))
+    first.close()
+    before = first.path.read_bytes()
+    second = SampleStore(tmp_path / "00001.parquet", FINGERPRINT, rows=ROWS[1:])
+    assert _pairs(second.load()) == {(1, 0), (1, 1)}
+    second.append(_record(2, 0))
+    second.close()
+    assert first.path.read_bytes() == before and second.path.parent == first.path.parent
+    assert _pairs(SampleStore(tmp_path / "00001.parquet", FINGERPRINT, rows=ROWS).load()) == {
+        (0, 0), (0, 1), (1, 0), (1, 1), (2, 0)}
+    # Under other settings nothing is found.
+    assert SampleStore(tmp_path / "00001.parquet", FINGERPRINT | {"temperature": 0.7}, rows=ROWS).load() == {}
+
+
+def test_damaged_lines_of_another_outputs_journal_are_skipped_counted_and_left_alone(tmp_path, caplog):
+    other = tmp_path / "00000.parquet"
+    _journal_with_lines(SampleStore(other, FINGERPRINT).path, [b"not JSON", DAMAGED_LINES["a null response"]])
+    before = SampleStore(other, FINGERPRINT).path.read_bytes()
+    store = SampleStore(tmp_path / "00001.parquet", FINGERPRINT, rows=ROWS)
+    with caplog.at_level(logging.WARNING, logger="mathsft.journal"):
+        assert _pairs(store.load()) == {(0, 0), (2, 0)}
+    assert (store.skipped, store.others_skipped) == (0, 2) and "2 damaged line(s)" in caplog.text
+    assert SampleStore(other, FINGERPRINT).path.read_bytes() == before
+
+
+def test_a_store_written_before_samples_were_keyed_by_problem_is_read_as_it_is(tmp_path):
+    """A finished run's store (one journal per output, its rows' digest in the fingerprint): every sample it holds
+    is found, for the same rows or others, so an upgrade resamples nothing; a legacy journal of other settings is
+    not read; nothing old is changed."""
+    output = tmp_path / "student.parquet"
+    legacy = write_legacy_journal(output, FINGERPRINT, ROWS[:2],
+                                  [_record(row, k) | {"row_index": row} for row in (0, 1) for k in (0, 1)])
+    other = write_legacy_journal(tmp_path / "teacher.parquet", FINGERPRINT | {"model": "t"}, ROWS,
+                                 [_record(2, 0) | {"row_index": 2, "model": "t"}])
+    before = {path: path.read_bytes() for path in (legacy, other)}
+    store = SampleStore(output, FINGERPRINT, rows=ROWS)
+    loaded = store.load()
+    assert _pairs(loaded) == {(0, 0), (0, 1), (1, 0), (1, 1)} and store.skipped == store.others_skipped == 0
+    assert all("row_index" not in record for record in loaded.values())
+    assert {path: path.read_bytes() for path in (legacy, other)} == before and not store.path.exists()
+    assert _pairs(SampleStore(tmp_path / "another.parquet", FINGERPRINT, rows=ROWS[1:]).load()) == {(1, 0), (1, 1)}
+
+
+def test_only_the_lines_of_wanted_problems_are_parsed(tmp_path, monkeypatch):
+    """Another output's journal is read line by line, but a line whose leading id is not a wanted problem's is not
+    parsed: a store of long traces shared by many shards costs each job a read, not a parse, of the rest."""
+    other = SampleStore(tmp_path / "00000.parquet", FINGERPRINT)
+    for row in range(40):
+        other.append(_record(row, 0))
+    other.close()
+    parsed = []
+    real_loads = json.loads
+    monkeypatch.setattr(json, "loads", lambda text, *a, **kw: parsed.append(text) or real_loads(text, *a, **kw))
+    assert _pairs(SampleStore(tmp_path / "00001.parquet", FINGERPRINT, rows=ROWS[1:2]).load()) == {(1, 0)}
+    record_lines = [text for text in parsed if '"sample_index"' in str(text)]
+    assert len(record_lines) == 1  # row 1's line, not 40

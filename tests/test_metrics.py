@@ -287,9 +287,10 @@ def test_problems_without_a_level_give_no_pass_at_1_per_level(capsys):
 
 def test_an_evaluation_resumed_from_samples_stored_before_metadata_existed_gives_them_their_problems_level(tmp_path):
     from mathsft.data import Counts, clean_problems
+    from helpers.sample_store import write_legacy_journal
+
     from mathsft.generate import Sampling, journal_fingerprint
-    from mathsft.io import BENCHMARK_SCHEMA, EVAL_SAMPLE_SCHEMA, PROBLEM_SCHEMA
-    from mathsft.journal import Journal, store_path
+    from mathsft.io import BENCHMARK_SCHEMA, PROBLEM_SCHEMA
 
     raw = [{"source": "math500", "problem": "Compute $\\dbinom{5}{2}$.", "answer": "10", "level": 1,
             "subject": "Counting"},
@@ -300,15 +301,13 @@ def test_an_evaluation_resumed_from_samples_stored_before_metadata_existed_gives
     # The rows and records the evaluation sampled and journaled before benchmarks carried metadata.
     old_rows = [{name: row[name] for name in PROBLEM_SCHEMA.names} | {"benchmark": "math500"}
                 for row in clean_problems(raw, Counts(), set())]
-    fingerprint = journal_fingerprint(old_rows, "org/model", "boxed_cot_v1", Sampling(1, 0.6, 0.95, 16, 0))
-    journal = Journal(store_path(output, fingerprint), fingerprint, schema=EVAL_SAMPLE_SCHEMA)
-    for index, row in enumerate(old_rows):
-        journal.append(row | {"row_index": index, "sample_index": 0, "messages": "[]", "response": "\\boxed{1}",
-                              "finish_reason": "stop", "prompt_tokens": 5, "completion_tokens": 3, "model": "org/model",
-                              "served_model_name": None, "prompt_template": "boxed_cot_v1", "api": "chat",
-                              "temperature": 0.6, "top_p": 0.95, "max_tokens": 16,
-                              "seed": derive_request_seed(0, row["problem_id"], 0), "latency_s": 0.1})
-    journal.close()
+    # A store of that time: its rows' digest in the fingerprint, one journal per output (helpers.sample_store).
+    fingerprint = journal_fingerprint("org/model", "boxed_cot_v1", Sampling(1, 0.6, 0.95, 16, 0))
+    write_legacy_journal(output, fingerprint, old_rows, [
+        {"row_index": index, "sample_index": 0, "messages": "[]", "response": "\\boxed{1}", "finish_reason": "stop",
+         "prompt_tokens": 5, "completion_tokens": 3, "model": "org/model", "served_model_name": None,
+         "prompt_template": "boxed_cot_v1", "api": "chat", "temperature": 0.6, "top_p": 0.95, "max_tokens": 16,
+         "seed": derive_request_seed(0, row["problem_id"], 0), "latency_s": 0.1} for index, row in enumerate(old_rows)])
     result = subprocess.run([sys.executable, RUN_SFT_MODEL, "--no-score",
                              "--model", "org/model", "--label", "student", "--benchmarks", str(bench), "--output",
                              str(output), "--samples_per_problem", "1", "--temperature", "0.6", "--top_p", "0.95",

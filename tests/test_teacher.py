@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 from mathsft import data
 from mathsft.generate import ClientSettings, Sampling, journal_fingerprint
 from mathsft.io import SCORED_SCHEMA, TRAJECTORY_SCHEMA, TURN_COLUMNS
-from mathsft.journal import Journal, store_path
+from mathsft.journal import SampleStore
 from mathsft.prompts import build_messages
 from mathsft.reward import RewardSettings
 from mathsft.sampler import Sampler, ServerSettings
@@ -25,15 +25,14 @@ def _store_samples(output):
     """Journal every sample of the standalone draw: sample k of problem i is right unless k == 1, and cut at
     max_tokens when (i + k) % 3 == 2. Returns the draw's rows."""
     rows = data.take_problems(data.reasoning_gym_problems(TASKS, DATA_SEED), PROBLEMS, data.Counts(), set())
-    fingerprint = journal_fingerprint(rows, "m", "boxed_cot_v1", SAMPLING, "chat", [])
-    store = Journal(store_path(output, fingerprint), fingerprint, schema=TRAJECTORY_SCHEMA)
+    store = SampleStore(output, journal_fingerprint("m", "boxed_cot_v1", SAMPLING, "chat", []), TRAJECTORY_SCHEMA, rows)
     store.load()
     for i, row in enumerate(rows):
         for k in range(SAMPLING.samples_per_problem):
             answer = "-1" if k == 1 else row["answer"].strip("$")
             messages = json.dumps(build_messages(row["problem"], "boxed_cot_v1"))
             store.append(row | {
-                "row_index": i, "sample_index": k, "messages": messages,
+                "sample_index": k, "messages": messages,
                 "response": f"So \\boxed{{{answer}}}", "finish_reason": "length" if (i + k) % 3 == 2 else "stop",
                 "prompt_tokens": 20, "completion_tokens": 5 + 20 * k, "model": "m", "served_model_name": None,
                 "prompt_template": "boxed_cot_v1", "api": "chat", "temperature": 0.6, "top_p": 0.95, "max_tokens": 64,

@@ -71,7 +71,8 @@ def test_killed_evaluation_resumes_without_losing_or_repeating_samples(tmp_path,
     assert len({(r["problem_id"], r["sample_index"]) for r in expected}) == len(expected) == TOTAL
     assert _journaled(reference) == TOTAL  # the store keeps them
 
-    output = tmp_path / "resumed.parquet"
+    # In a folder of its own: beside the reference, the store would find every sample in the reference's journal.
+    output = tmp_path / "resumed" / "resumed.parquet"
     rng = random.Random(2)
     kills = 0
     for _ in range(5):

@@ -78,7 +78,7 @@ def test_a_teacher_job_asks_again_for_each_hostile_reply_and_stores_none(tmp_pat
     assert len(rows) == 8 and all(len(row["response"]) < 5000 for row in rows)  # not the 10 kB or 20 MB answers
     for row in rows:
         row["response"].encode("utf-8")  # no lone surrogate
-    (store,) = (workdir / "results" / "teacher" / ".samples").glob("00000.*.jsonl")
+    (store,) = (workdir / "results" / "teacher" / ".samples").glob("*/00000.jsonl")
     assert len(store.read_text().splitlines()) == 1 + 8
 
 
@@ -114,7 +114,7 @@ def test_a_job_left_running_by_a_killed_snakemake_is_the_only_one_writing_its_sh
                                  stderr=subprocess.DEVNULL)
         store = workdir / "results" / "teacher" / ".samples"
         deadline = time.monotonic() + 300
-        while not any(p.read_text().count("\n") >= 2 for p in store.glob("00000.*.jsonl")):  # a sample is stored
+        while not any(p.read_text().count("\n") >= 2 for p in store.glob("*/00000.jsonl")):  # a sample is stored
             assert first.poll() is None and time.monotonic() < deadline, "the teacher job stored no sample"
             time.sleep(0.5)
         os.kill(first.pid, signal.SIGKILL)
@@ -137,5 +137,5 @@ def test_a_job_left_running_by_a_killed_snakemake_is_the_only_one_writing_its_sh
     rows = pq.read_table(workdir / target).to_pylist()
     assert sorted((r["problem_id"], r["sample_index"]) for r in rows) == sorted(
         {(r["problem_id"], r["sample_index"]) for r in rows}) and len(rows) == 8
-    (journal,) = store.glob("00000.*.jsonl")
+    (journal,) = store.glob("*/00000.jsonl")
     assert len(journal.read_text().splitlines()) == 1 + 8  # its header and each sample once

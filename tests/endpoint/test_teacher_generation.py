@@ -68,7 +68,8 @@ def test_killed_generation_resumes_without_losing_or_repeating_samples(tmp_path,
     expected = _texts(reference)
     assert len(expected) == 6 * 3
 
-    output = tmp_path / "resumed.parquet"
+    # In a folder of its own: beside the reference, the store would find every sample in the reference's journal.
+    output = tmp_path / "resumed" / "resumed.parquet"
     rng = random.Random(1)
     kills = 0
     for _ in range(5):
