@@ -155,10 +155,10 @@ class Journal:
 
     def load(self, problems: set[str] | None = None) -> dict[tuple[str, int], dict]:
         """Finished records from an earlier run (first of any duplicate kept), keyed by (problem_key, sample_index);
-        only those of `problems` (problem keys) where given. Unreadable lines (torn by a kill, damaged bytes, missing or mistyped fields)
-        and records that do not match the store's model or its max_tokens are skipped and counted in `skipped`:
-        those samples are requested again. Only a journal of this output holding such lines (or duplicates) is
-        rewritten, with every good record it holds."""
+        only those of `problems` (problem keys) where given. Unreadable lines (torn by a kill, damaged bytes,
+        missing or mistyped fields) and records that do not match the store's model or its max_tokens are skipped
+        and counted in `skipped`: those samples are requested again. Only a journal of this output holding such
+        lines (or duplicates) is rewritten, with every good record it holds."""
         self.skipped = 0
         if not self.path.exists():
             return {}
