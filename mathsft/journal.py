@@ -5,8 +5,9 @@ model's evaluation), each written only by the job that samples that output. A sa
 journal of the folder: a killed job resumes without losing or repeating samples; a rerun that asks for more
 samples per problem requests only the new indices, one that asks for fewer requests nothing; adding, removing or
 reordering problems (a benchmark added, a shard grown) requests only the problems no journal holds; switching a
-setting back reuses what was sampled under it. It lives in a `.samples` folder beside the outputs, never a declared
-output (Snakemake deletes those before a rerun).
+setting back reuses what was sampled under it. It lives in a stage's `.samples` folder (beside the teacher's
+shards; beside the evaluated models' folders of parts), never a declared output (Snakemake deletes those before a
+rerun).
 
 A stored line is outside input too: it is used only when it is whole and well typed and matches the store's model
 and the max_tokens asked for; one that does not is skipped, counted and sampled again. One job at a time samples
@@ -47,12 +48,26 @@ class StoreInUse(SystemExit):
 _HELD: dict[Path, int] = {}  # lock file -> open descriptor, held until this process exits
 
 
-def hold_output(output: str | os.PathLike) -> None:
+def store_place(output: str | os.PathLike, store: str | os.PathLike | None = None) -> tuple[Path, str]:
+    """The sample store an output's samples go to and the output's name in it: `store` (default: the `.samples`
+    folder beside `output`) and the output's path below the store's parent folder, without its suffix
+    (results/teacher/00000.parquet: results/teacher/.samples, 00000; an evaluation part
+    results/eval/generations/sft/aime.parquet in results/eval/generations/.samples: sft/aime)."""
+    output = Path(os.path.abspath(output))
+    root = Path(os.path.abspath(store)) if store is not None else output.parent / ".samples"
+    try:
+        name = output.with_suffix("").relative_to(root.parent).as_posix()
+    except ValueError:
+        raise ValueError(f"{output}: not under {root.parent}, the folder of its sample store {root}") from None
+    return root, name
+
+
+def hold_output(output: str | os.PathLike, store: str | os.PathLike | None = None) -> None:
     """Lock the sample store of `output` for the rest of this process, or raise StoreInUse naming the process that
     holds it (a job left running by a killed Snakemake, or a second run beside the first). The lock is a flock on
-    .samples/{output stem}.lock: the kernel drops it when its holder exits, however it ends."""
-    output = Path(output)
-    lock = output.parent / ".samples" / f"{output.stem}.lock"
+    {store}/{output's name}.lock (store_place): the kernel drops it when its holder exits, however it ends."""
+    root, name = store_place(output, store)
+    lock = root / f"{name}.lock"
     if lock in _HELD:
         return
     lock.parent.mkdir(parents=True, exist_ok=True)
@@ -69,11 +84,12 @@ def hold_output(output: str | os.PathLike) -> None:
     _HELD[lock] = fd
 
 
-def store_folder(output: str | os.PathLike, fingerprint: dict[str, Any]) -> Path:
-    """The folder of the samples drawn under `fingerprint` beside `output`: .samples/{digest}; the journal of
-    `output` in it is {output stem}.jsonl."""
+def store_folder(output: str | os.PathLike, fingerprint: dict[str, Any],
+                 store: str | os.PathLike | None = None) -> Path:
+    """The folder of the samples drawn under `fingerprint` in the sample store of `output` (store_place):
+    {store}/{digest}; the journal of `output` in it is {output's name}.jsonl."""
     digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
-    return Path(output).parent / ".samples" / digest
+    return store_place(output, store)[0] / digest
 
 
 def _fits(value: Any, type_: pa.DataType) -> bool:
@@ -261,9 +277,11 @@ class Journal:
             raise ValueError(f"{self.path} is another output's journal: read, never written")
         if self._file is None:
             new = not self.path.exists()
-            if not self.path.parent.is_dir():
+            created = [folder for folder in (self.path.parent, *self.path.parent.parents) if not folder.is_dir()]
+            if created:
                 self.path.parent.mkdir(parents=True)
-                fsync_parent(self.path.parent)  # a new settings' folder: its name too must survive a crash
+                for folder in reversed(created):  # a new settings' folder: its name too must survive a crash
+                    fsync_parent(folder)
             self._file = open(self.path, "a", encoding="utf-8")
             if new:
                 self._file.write(self._header_line())
@@ -289,18 +307,19 @@ class Journal:
 
 
 class SampleStore:
-    """The samples of one output under one fingerprint: its own journal (.samples/{digest}/{output stem}.jsonl),
-    which it appends to, and every other journal under the same fingerprint beside it, which it reads: another
-    output's in the same folder, and those written before samples were keyed by problem
-    (.samples/{output stem}.{digest of the fingerprint and rows}.jsonl, whose header names its fingerprint). So a
-    finished run moved to this store resamples nothing."""
+    """The samples of one output under one fingerprint: its own journal ({store}/{digest}/{output's name}.jsonl,
+    store_place), which it appends to, and every other journal under the same fingerprint, which it reads: another
+    output's in the same folder (an evaluation part's in a subfolder), and those written before samples were keyed
+    by problem ({store}/{output stem}.{digest of the fingerprint and rows}.jsonl, whose header names its
+    fingerprint). So a finished run moved to this store resamples nothing."""
 
     def __init__(self, output: str | os.PathLike, fingerprint: dict[str, Any], schema: pa.Schema = TRAJECTORY_SCHEMA,
-                 rows: list[dict] | None = None, fsync_every_s: float = 1.0):
-        output = Path(output)
-        self.folder = store_folder(output, fingerprint)
+                 rows: list[dict] | None = None, fsync_every_s: float = 1.0, store: str | os.PathLike | None = None):
+        """`store`: the store's folder (store_place; default: .samples beside `output`)."""
+        self.folder = store_folder(output, fingerprint, store)
         self.fingerprint, self.schema, self.rows = fingerprint, schema, rows
-        self.own = Journal(self.folder / f"{output.stem}.jsonl", fingerprint, fsync_every_s, schema, rows)
+        name = store_place(output, store)[1]
+        self.own = Journal(self.folder / f"{name}.jsonl", fingerprint, fsync_every_s, schema, rows)
         self.path = self.own.path
         self.skipped = 0  # damaged lines of this output's own journal, by the last load()
         self.others_skipped = 0  # damaged lines of the other journals read (left as they are)
@@ -326,7 +345,7 @@ class SampleStore:
         """The other journals this output's samples may be in: the folder's, then the legacy ones beside it whose
         header names this fingerprint."""
         common = dict(schema=self.schema, rows=self.rows, read_only=True)
-        found = [Journal(path, self.fingerprint, **common) for path in sorted(self.folder.glob("*.jsonl"))
+        found = [Journal(path, self.fingerprint, **common) for path in sorted(self.folder.rglob("*.jsonl"))
                  if path != self.own.path]
         for path in sorted(self.folder.parent.glob("*.jsonl")):
             legacy = Journal(path, self.fingerprint, legacy=True, **common)

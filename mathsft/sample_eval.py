@@ -18,23 +18,27 @@ from mathsft.sampler import Sampler, sample_rows
 log = logging.getLogger(__name__)
 
 
-def sample_benchmarks(sampler: Sampler, benchmark_files: list[str], output: str, label: str) -> list[dict]:
+def sample_benchmarks(sampler: Sampler, benchmark_files: list[str], output: str, label: str,
+                      sample_store: str | None = None) -> list[dict]:
     """The samples of the problems in `benchmark_files` (each named by its file's stem), labelled `label` and with
-    their problem's metadata (EVAL_GENERATION_SCHEMA rows). Sampled through the sample store beside `output`, as a
-    teacher shard is: a killed evaluation resumes, more samples add only the new indices."""
+    their problem's metadata (EVAL_GENERATION_SCHEMA rows). Sampled through the sample store of `output`
+    (`sample_store`, default: .samples beside it), as a teacher shard is: a killed evaluation resumes, more samples
+    add only the new indices, a problem sampled for another output under the same settings is not sampled again."""
     problems, metadata = data.benchmark_problems(
         [(Path(path).stem, read_parquet(path, BENCHMARK_SCHEMA).to_pylist()) for path in benchmark_files])
-    records, summary = sample_rows(sampler, problems, output, EVAL_SAMPLE_SCHEMA)
+    records, summary = sample_rows(sampler, problems, output, EVAL_SAMPLE_SCHEMA, sample_store)
     log.info("summary %s", json.dumps({"model": label, **summary}))
     return [r | metadata[r["benchmark"], r["problem_id"]] | {"evaluated_model": label} for r in records]
 
 
 def evaluate_model(sampler: Sampler, benchmark_files: list[str], output: str, label: str, *, score: bool,
-                   pass_k: list[int], eval_json: str | None, reward: RewardSettings) -> None:
-    """Sample the benchmarks and write the rows to `output`. With `score`, score them (EVAL_SCHEMA rows), print
-    the metrics tables of results/eval.json and write its document to `eval_json` where given; the pipeline
-    scores in a rule of its own instead, so that a reward change never resamples."""
-    rows = sample_benchmarks(sampler, benchmark_files, output, label)
+                   pass_k: list[int], eval_json: str | None, reward: RewardSettings,
+                   sample_store: str | None = None) -> None:
+    """Sample the benchmarks (through `sample_store`: sample_benchmarks) and write the rows to `output`. With
+    `score`, score them (EVAL_SCHEMA rows), print the metrics tables of results/eval.json and write its document to
+    `eval_json` where given; the pipeline scores in a rule of its own instead, so that a reward change never
+    resamples."""
+    rows = sample_benchmarks(sampler, benchmark_files, output, label, sample_store)
     if not score:
         write_parquet(rows, output, EVAL_GENERATION_SCHEMA)
         return

@@ -91,10 +91,11 @@ def data_identity():
     return canonical(config["data"] | identities, [key for key, _, _ in data_settings(("shards", "bench"))])
 
 
-def bench_identity():
-    """The data settings that decide what the evaluation sets hold."""
-    evaluated = eval_benchmarks() if config["data"]["source"] != "reasoning_gym" else []
-    identities = {"datasets": dataset_identities(evaluated)}
+def bench_identity(benchmarks):
+    """The data settings that decide what the evaluation sets `benchmarks` hold: each is drawn or read on its own,
+    so another benchmark added or removed is no change to them."""
+    evaluated = benchmarks if config["data"]["source"] != "reasoning_gym" else []
+    identities = {"datasets": dataset_identities(evaluated), "benchmarks": benchmarks}
     return canonical(config["data"] | identities, [key for key, _, _ in data_settings(("bench",))])
 
 
@@ -108,6 +109,32 @@ def eval_benchmarks():
         raise ValueError(f"eval.benchmarks: {', '.join(unknown)} not in data.benchmarks "
                          f"({', '.join(config['data']['benchmarks'])}); prepare them there first")
     return chosen
+
+
+# The evaluation part that holds every benchmark (eval.jobs: per_model); the schema keeps it from naming one.
+EVERY_BENCHMARK = "all"
+
+
+def eval_parts():
+    """The parts of each model's evaluation, one job each: every benchmark in one (eval.jobs: per_model: one server
+    start per model) or one per benchmark (per_benchmark: a cluster samples them side by side, and a benchmark
+    added is a job added)."""
+    return [EVERY_BENCHMARK] if config["eval"]["jobs"] == "per_model" else eval_benchmarks()
+
+
+def eval_part_benchmarks(wildcards):
+    """The benchmarks an evaluation part samples."""
+    if wildcards.part == EVERY_BENCHMARK:
+        return eval_benchmarks()
+    if wildcards.part not in eval_benchmarks():
+        raise ValueError(f"results/eval/generations/{wildcards.model}/{wildcards.part}.parquet: {wildcards.part} "
+                         f"is not an evaluated benchmark ({', '.join(eval_benchmarks())})")
+    return [wildcards.part]
+
+
+def eval_generations(label):
+    """A model's evaluation samples, one file per part (eval_parts), in benchmark order."""
+    return expand("results/eval/generations/{model}/{part}.parquet", model=label, part=eval_parts())
 
 
 # Every dataset the config can name (hub or files sources): config/datasets.yaml, overridden and extended by
@@ -420,7 +447,8 @@ def repo_file(path):
 SPEED_ONLY_KEYS = {
     "server": ("health_timeout_s",),
     "teacher": ("endpoint", "api_key_env", "concurrency", "request_timeout_s", "max_attempts", "max_failed_fraction"),
-    "eval": ("concurrency", "request_timeout_s", "max_attempts"),
+    # eval.jobs splits the same samples into other files: it reruns evaluation jobs (no request) but is no result.
+    "eval": ("concurrency", "request_timeout_s", "max_attempts", "jobs"),
     "train": ("checkpoint_every", "launcher", "report_to"),
 }
 

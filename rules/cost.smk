@@ -39,7 +39,7 @@ def cost_jobs():
         jobs.append(f"train:train {run}:{config['train']['gpus'] * config['train']['nodes']}:benchmarks/train/{run}.tsv")
     for label in eval_labels():
         gpus = eval_job_gpus(types.SimpleNamespace(model=label))
-        jobs.append(f"evaluate:evaluate {label}:{gpus}:benchmarks/eval/{label}.tsv")
+        jobs += [f"evaluate:evaluate {label}/{part}:{gpus}:benchmarks/eval/{label}/{part}.tsv" for part in eval_parts()]
         jobs.append(f"eval_scoring:score_eval {label}:0:benchmarks/eval_scoring/{label}.tsv")
     jobs.append("summary:eval_summary:0:benchmarks/summary.tsv")
     return jobs
@@ -63,7 +63,7 @@ def cost_benchmarks(wildcards):
 def cost_inputs():
     """The files the ledger reads besides the benchmarks: the samples (tokens), the training metrics, the
     curation funnel (kept trajectories) and eval.json (the comparisons)."""
-    inputs = {"eval_samples": expand("results/eval/generations/{model}.parquet", model=eval_labels()),
+    inputs = {"eval_samples": [path for label in eval_labels() for path in eval_generations(label)],
               "eval": "results/eval.json",
               "code": os.path.join(LIBRARY, "cost.py")}
     if cost_stages_sft():

@@ -22,6 +22,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--benchmarks", nargs="+", default=sorted(glob.glob("results/data/bench/*.parquet")),
                         help="benchmark parquet files (default: results/data/bench/*.parquet)")
     parser.add_argument("--output", default="eval_samples.parquet", help="per-sample rows to write")
+    parser.add_argument("--sample_store", default=None,
+                        help="the sample store's folder, in a folder above --output (default: .samples beside it); "
+                             "samples of the same model and settings are found there by problem, whichever output "
+                             "they were drawn for")
     parser.add_argument("--score", action=argparse.BooleanOptionalAction, default=True,
                         help="score with math-verify and print metrics (default) or only sample")
     parser.add_argument("--pass_k", type=int, nargs="*", default=[1], help="k of pass@k and maj@k")
@@ -55,7 +59,8 @@ def main() -> None:
         parser.error("no benchmark files given and none found under results/data/bench/")
     evaluate_model(cli.sampler_from_args(args), args.benchmarks, args.output, args.label or args.model,
                    score=args.score, pass_k=args.pass_k, eval_json=args.eval_json,
-                   reward=RewardSettings(timeout_s=args.reward_timeout_s, workers=args.workers))
+                   reward=RewardSettings(timeout_s=args.reward_timeout_s, workers=args.workers),
+                   sample_store=args.sample_store)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,9 @@ from mathsft.settings import add_dataclass_arguments, from_args
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--input", required=True, help="samples parquet (results/teacher/NNNNN.parquet, ...)")
+    parser.add_argument("--input", nargs="+", required=True,
+                        help="samples parquet files, scored into one output in this order "
+                             "(results/teacher/NNNNN.parquet; a model's results/eval/generations/MODEL/*.parquet)")
     parser.add_argument("--output", required=True, help="scored parquet to write")
     parser.add_argument("--sha256sums", default=None,
                         help="also write the output's sha256 here (sha256sum's format): its identity, by which the "

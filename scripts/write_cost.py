@@ -16,7 +16,7 @@ def main() -> None:
     parser.add_argument("--job", nargs="+", required=True, type=Job.parse, metavar="STAGE:NAME:GPUS:BENCHMARK",
                         help="every job the ledger counts, with the GPUs it asked for and its benchmark file")
     parser.add_argument("--teacher_samples", nargs="*", default=[], help="results/teacher/{shard}.parquet files")
-    parser.add_argument("--eval_samples", nargs="*", default=[], help="results/eval/generations/{model}.parquet")
+    parser.add_argument("--eval_samples", nargs="*", default=[], help="results/eval/generations/{model}/{part}.parquet")
     parser.add_argument("--train_metrics", nargs="*", default=[], help="results/train/{run}/metrics.jsonl")
     parser.add_argument("--curate_stats", default=None, help="results/sft/stats.json (the kept trajectories)")
     parser.add_argument("--eval_json", default=None, help="results/eval.json (the paired comparisons)")

@@ -12,7 +12,7 @@ from helpers.sample_store import write_legacy_journal
 
 from mathsft.generate import problem_key
 from mathsft.io import EVAL_SAMPLE_SCHEMA, TRAJECTORY_SCHEMA, write_parquet
-from mathsft.journal import Journal, SampleStore, StoreInUse, hold_output, store_folder
+from mathsft.journal import Journal, SampleStore, StoreInUse, hold_output, store_folder, store_place
 
 FINGERPRINT = {"model": "m", "temperature": 0.6}
 
@@ -55,6 +55,31 @@ def test_the_store_lives_beside_the_output_one_folder_per_fingerprint_one_journa
     assert store_folder(tmp_path / "00004.parquet", dict(reversed(FINGERPRINT.items()))) == folder
     assert store_folder(tmp_path / "00003.parquet", FINGERPRINT | {"temperature": 0.7}) != folder
     assert SampleStore(tmp_path / "00003.parquet", FINGERPRINT).path == folder / "00003.jsonl"
+
+
+def test_an_evaluation_part_is_named_by_its_path_below_the_stage_and_finds_the_models_earlier_samples(tmp_path):
+    """Evaluation parts (results/eval/generations/MODEL/PART.parquet) keep their samples in the stage's store, named
+    MODEL/PART: each its own journal and lock, and a part finds the samples of another part, or of the model's one
+    file from before parts (MODEL.parquet, its journal MODEL.jsonl), under the same settings."""
+    stage = tmp_path / "generations"
+    store = stage / ".samples"
+    assert store_place(stage / "sft" / "a.parquet", store) == (store, "sft/a")
+    assert store_place(stage / "00001.parquet") == (store, "00001")
+    with pytest.raises(ValueError, match=r"not under .*generations, the folder of its sample store"):
+        store_place(tmp_path / "elsewhere" / "a.parquet", store)
+    whole = SampleStore(stage / "sft.parquet", FINGERPRINT, rows=ROWS)
+    for row in (0, 1, 2):
+        whole.append(_record(row, 0))
+    whole.close()
+    part = SampleStore(stage / "sft" / "a.parquet", FINGERPRINT, rows=ROWS[:2], store=store)
+    assert part.path == whole.path.parent / "sft" / "a.jsonl"
+    assert _pairs(part.load()) == {(0, 0), (1, 0)}
+    part.append(_record(0, 1))
+    part.close()
+    other = SampleStore(stage / "sft" / "b.parquet", FINGERPRINT, rows=ROWS, store=store)
+    assert _pairs(other.load()) == {(0, 0), (1, 0), (2, 0), (0, 1)}
+    hold_output(stage / "sft" / "a.parquet", store)
+    assert (store / "sft" / "a.lock").exists()
 
 
 def test_records_survive_a_reopen_and_the_first_of_duplicates_wins(tmp_path):

@@ -166,7 +166,7 @@ def test_a_deepspeed_json_that_needs_a_built_op_stops_at_once_under_the_newcomer
     assert not any(Path(caches["TORCH_EXTENSIONS_DIR"]).rglob("*.o")) and not (tmp_path / "run" / "model").exists()
 
 
-SFT_DOWNSTREAM = {"results/sft/train.parquet", "results/models/sft", "results/eval/generations/sft.parquet",
+SFT_DOWNSTREAM = {"results/sft/train.parquet", "results/models/sft", "results/eval/generations/sft/all.parquet",
                   "results/eval/sft.parquet", "results/eval/sft.sha256", "results/eval.json"}
 
 
@@ -184,7 +184,7 @@ def test_raising_reward_threshold_reruns_only_curate_and_downstream(finished_run
     planned = planned_outputs(workdir, edited_config(TINY, tmp_path / "c.yaml", **{"curate.reward_threshold": 0.5}))
     assert set(planned) == {"curate", "train", "evaluate", "score_eval", "eval_summary"}
     assert SFT_DOWNSTREAM <= _outputs(planned)
-    assert "results/eval/generations/student.parquet" not in _outputs(planned)
+    assert "results/eval/generations/student/all.parquet" not in _outputs(planned)
 
 
 def test_teacher_sampling_edits_regenerate_but_never_reprepare_data(finished_run, tmp_path):
@@ -193,7 +193,7 @@ def test_teacher_sampling_edits_regenerate_but_never_reprepare_data(finished_run
         planned = planned_outputs(workdir, edited_config(TINY, tmp_path / "c.yaml", **{key: value}))
         assert set(planned) == {"teacher", "reward", "curate", "train", "evaluate", "score_eval", "eval_summary"}, key
         assert {"results/teacher/00000.parquet", "results/teacher/00001.parquet"} <= planned["teacher"]
-        assert "results/eval/generations/student.parquet" not in _outputs(planned)
+        assert "results/eval/generations/student/all.parquet" not in _outputs(planned)
 
 
 def test_raising_num_samples_generates_only_the_new_shard(finished_run, tmp_path):
@@ -202,7 +202,7 @@ def test_raising_num_samples_generates_only_the_new_shard(finished_run, tmp_path
     assert planned["teacher"] == {"results/teacher/00002.parquet"}
     assert planned["reward"] == {"results/scored/00002.parquet"}
     assert SFT_DOWNSTREAM <= _outputs(planned)
-    assert "results/eval/generations/student.parquet" not in _outputs(planned)
+    assert "results/eval/generations/student/all.parquet" not in _outputs(planned)
 
 
 def test_train_edits_rerun_only_training_and_the_sft_models_eval(finished_run, tmp_path):
@@ -219,9 +219,9 @@ def test_eval_edits_rerun_only_evaluation(finished_run, tmp_path):
     for key, value in (("eval.samples_per_problem", 3), ("eval.benchmarks", ["chain_sum"])):
         planned = planned_outputs(workdir, edited_config(TINY, tmp_path / "c.yaml", **{key: value}))
         assert set(planned) == {"evaluate", "score_eval", "eval_summary"}, key
-        assert planned["evaluate"] == {"results/eval/generations/student.parquet",
-                                       "results/eval/generations/sft.parquet",
-                                       "results/eval/generations/teacher.parquet"}, key
+        assert planned["evaluate"] == {"results/eval/generations/student/all.parquet",
+                                       "results/eval/generations/sft/all.parquet",
+                                       "results/eval/generations/teacher/all.parquet"}, key
 
 
 def test_reward_edits_rescore_but_never_regenerate(finished_run, tmp_path):
@@ -230,7 +230,7 @@ def test_reward_edits_rescore_but_never_regenerate(finished_run, tmp_path):
     assert set(planned) == {"reward", "curate", "train", "evaluate", "score_eval", "eval_summary"}
     assert "teacher" not in planned
     # The student's samples are rescored, not resampled; the SFT model is retrained, so it is resampled.
-    assert planned["evaluate"] == {"results/eval/generations/sft.parquet"}
+    assert planned["evaluate"] == {"results/eval/generations/sft/all.parquet"}
     assert {"results/eval/student.parquet", "results/eval/sft.parquet"} <= planned["score_eval"]
 
 
@@ -277,7 +277,7 @@ REMADE_THE_SAME = ("results/sft/train.parquet", "results/sft/val.parquet", "resu
                    "results/eval/student.parquet", "results/eval/sft.parquet")
 # Never rewritten: what training and evaluation made.
 UNTOUCHED_BY_CUTOFF = ("results/models/sft/model.safetensors", "results/train/sft/metrics.jsonl",
-                       "results/eval/generations/student.parquet", "results/eval/generations/sft.parquet")
+                       "results/eval/generations/student/all.parquet", "results/eval/generations/sft/all.parquet")
 # The report is remade after any job ran: it shows the cost ledger, which changed.
 SUMMARY = ("results/eval.json",)
 
@@ -351,7 +351,7 @@ def test_a_curate_edit_that_changes_the_set_retrains(finished_run, tmp_path):
     assert (copy / "results/sft/train.parquet").read_bytes() != (workdir / "results/sft/train.parquet").read_bytes()
     planned = planned_outputs(copy, edited, target="results/report.html")
     assert set(planned) == {"train", "evaluate", "score_eval", "eval_summary", "cost", "report"}
-    assert planned["evaluate"] == {"results/eval/generations/sft.parquet"}
+    assert planned["evaluate"] == {"results/eval/generations/sft/all.parquet"}
 
 
 def test_rerunning_data_preparation_that_yields_the_same_shards_makes_nothing_stale(finished_run):

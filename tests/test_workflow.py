@@ -20,12 +20,37 @@ def test_a_fresh_directory_plans_every_stage_with_one_job_per_shard_and_model(tm
                                         "results/base_models/smollm2-135m-instruct"}
     assert planned["teacher"] == {"results/teacher/00000.parquet", "results/teacher/00001.parquet"}
     assert planned["reward"] == {"results/scored/00000.parquet", "results/scored/00001.parquet"}
-    assert planned["evaluate"] == {"results/eval/generations/student.parquet", "results/eval/generations/sft.parquet",
-                                   "results/eval/generations/teacher.parquet"}
+    assert planned["evaluate"] == {"results/eval/generations/student/all.parquet", "results/eval/generations/sft/all.parquet",
+                                   "results/eval/generations/teacher/all.parquet"}
     assert planned["train"] == {"results/models/sft", "results/train/sft/metrics.jsonl", "results/train/sft/summary.json"}
     assert planned["eval_summary"] == {"results/eval.json"}
     assert set(planned) == {"prepare_model", "prepare_data", "teacher", "reward", "curate", "train", "evaluate",
                             "score_eval", "eval_summary"}
+
+
+def test_per_benchmark_evaluation_plans_a_job_per_model_and_benchmark_scored_per_model(tmp_path):
+    config = edited_config(TINY, tmp_path / "c.yaml", **{"eval.jobs": "per_benchmark"})
+    result = snakemake(tmp_path / "run", config, "-n", "-p", "results/eval.json", timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    planned = outputs_of_plan(result.stdout)
+    assert planned["evaluate"] == {f"results/eval/generations/{model}/{bench}.parquet" for model in
+                                   ("student", "sft", "teacher") for bench in ("chain_sum", "basic_arithmetic")}
+    assert planned["score_eval"] == {f"results/eval/{model}.{suffix}" for model in ("student", "sft", "teacher")
+                                     for suffix in ("parquet", "sha256")}
+    # Each part samples its own benchmark, through the stage's store; the scoring reads a model's parts in order.
+    assert re.search(r"--benchmarks results/data/bench/chain_sum.parquet --output "
+                     r"results/eval/generations/student/chain_sum.parquet --sample_store results/eval/generations/"
+                     r"\.samples ", result.stdout), result.stdout[-3000:]
+    assert ("--input results/eval/generations/teacher/chain_sum.parquet "
+            "results/eval/generations/teacher/basic_arithmetic.parquet --output results/eval/teacher.parquet"
+            in result.stdout), result.stdout[-3000:]
+
+
+def test_a_benchmark_named_all_is_refused_since_it_names_every_benchmarks_part(tmp_path):
+    bad = edited_config(TINY, tmp_path / "bad.yaml", **{"data.benchmarks": ["chain_sum", "all"]})
+    result = snakemake(tmp_path, bad, "-n", "results/eval.json", timeout=300)
+    assert result.returncode != 0 and "benchmarks" in result.stdout + result.stderr
+    assert not (tmp_path / "results").exists()
 
 
 def test_every_rule_writes_a_benchmark_file_for_the_cost_ledger():
@@ -76,7 +101,9 @@ def test_the_deepscaler_run_plans_hub_fetches_and_one_teacher_job_per_shard(tmp_
                                         ("deepscaler", "aime24", "amc23", "math500", "minerva", "olympiadbench")}
     assert planned["teacher"] == {f"results/teacher/{k:05d}.parquet" for k in range(32)}
     assert "prepare_model" not in planned  # hub models, not embedded ones
-    assert planned["evaluate"] == {"results/eval/generations/student.parquet", "results/eval/generations/sft.parquet"}
+    # eval.jobs: per_benchmark: one job per model and benchmark.
+    assert planned["evaluate"] == {f"results/eval/generations/{model}/{bench}.parquet" for model in ("student", "sft")
+                                   for bench in ("aime24", "amc23", "math500", "minerva", "olympiadbench")}
 
 
 def test_the_deepscaler_run_plans_the_same_jobs_on_a_login_node_without_network_or_models(tmp_path):

@@ -21,7 +21,7 @@ from helpers.workflow import checkout, edited_config, snakemake, snakemake_comma
 pytestmark = pytest.mark.e2e
 OTHER_SECRET = "hf_mathsft_unrelated_token_41d0"  # a secret the user's environment holds: it must not leak either
 KEY_ENV = {"MATHSFT_TEST_TEACHER_KEY": API_KEY, "HF_TOKEN": OTHER_SECRET}
-TARGETS = ("results/teacher/00000.parquet", "results/teacher/00001.parquet", "results/eval/generations/teacher.parquet")
+TARGETS = ("results/teacher/00000.parquet", "results/teacher/00001.parquet", "results/eval/generations/teacher/all.parquet")
 
 
 def _config(tmp_path, endpoint, model=SERVED_NAME, **edits):
@@ -36,7 +36,7 @@ def test_teacher_and_its_evaluation_run_through_a_server_the_user_started(tmp_pa
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "prepare_model" not in result.stdout + result.stderr  # the user's server holds the weights
     teacher = [r for k in (0, 1) for r in pq.read_table(workdir / f"results/teacher/{k:05d}.parquet").to_pylist()]
-    evaluated = pq.read_table(workdir / "results/eval/generations/teacher.parquet").to_pylist()
+    evaluated = pq.read_table(workdir / "results/eval/generations/teacher/all.parquet").to_pylist()
     assert len(teacher) == 16 and len(evaluated) == 2 * 3 * 2
     for row in teacher + evaluated:
         # The model id is what that server reports it loaded; the name requests used is kept beside it.

@@ -25,7 +25,7 @@ from mathsft.generate import problem_key
 pytestmark = pytest.mark.e2e
 KEY_ENV = {"MATHSFT_TEST_TEACHER_KEY": API_KEY}
 COMPLETIONS = "/v1/chat/completions"
-EVAL = "results/eval/generations/teacher.parquet"
+EVAL = "results/eval/generations/teacher/all.parquet"
 
 
 def _config(path, proxy, **edits):
@@ -174,12 +174,13 @@ def _to_legacy_store(stage: Path, rows_of: dict[str, list[dict]]) -> None:
     """Rewrite the sample store of a stage's folder as the pipeline wrote it before samples were keyed by problem
     (helpers.sample_store; checked byte for byte against that code once): each output's journal at
     .samples/{output}.{digest}.jsonl, its fingerprint holding its rows' digest (`rows_of`: output stem -> the rows
-    its job sampled), each record its row's index."""
+    its job sampled: a shard's, or a model's when its evaluation was one file), each record its row's index."""
     for folder in [path for path in (stage / ".samples").iterdir() if path.is_dir()]:
-        for journal in folder.glob("*.jsonl"):
+        for journal in list(folder.rglob("*.jsonl")):
             lines = journal.read_text().splitlines()
             fingerprint = json.loads(lines[0])["fingerprint"]
-            rows = rows_of[journal.stem]
+            stem = journal.relative_to(folder).parts[0].removesuffix(".jsonl")  # teacher/all.jsonl: teacher
+            rows = rows_of[stem]
             index = {problem_key(row): i for i, row in enumerate(rows)}
             samples = []
             for line in lines[1:]:
@@ -187,13 +188,15 @@ def _to_legacy_store(stage: Path, rows_of: dict[str, list[dict]]) -> None:
                 samples.append({"row_index": index[problem_key(record)]}
                                | {key: value for key, value in record.items() if key not in rows[0]})
             samples.sort(key=lambda sample: (sample["row_index"], sample["sample_index"]))
-            write_legacy_journal(stage / f"{journal.stem}.parquet", fingerprint, rows, samples)
+            write_legacy_journal(stage / f"{stem}.parquet", fingerprint, rows, samples)
         shutil.rmtree(folder)
 
 
-def test_a_finished_run_whose_store_predates_problem_keys_plans_nothing_and_resamples_nothing(tmp_path, endpoint):
-    """A run finished under the store of one journal per output and rows digest: after the upgrade it plans nothing,
-    and raising samples_per_problem requests only the new index, the old samples read from the old journals."""
+def test_a_finished_run_whose_store_predates_problem_keys_resamples_nothing(tmp_path, endpoint):
+    """A run finished under the store of one journal per output and rows digest, its evaluation one file per model:
+    after the upgrade the shards plan nothing, the evaluation moves to its part (results/eval/generations/teacher/
+    all.parquet) with no request, and raising samples_per_problem requests only the new index, the old samples
+    read from the old journals."""
     workdir = tmp_path / "run"
     with FaultProxy(endpoint.base_url.removesuffix("/v1")) as proxy:
         base = _config(tmp_path / "base.yaml", proxy)
@@ -207,9 +210,13 @@ def test_a_finished_run_whose_store_predates_problem_keys_plans_nothing_and_resa
         _to_legacy_store(workdir / "results" / "eval" / "generations", {"teacher": problems})
         legacy = {path: path.read_bytes() for path in (workdir / "results").glob("**/.samples/*.jsonl")}
         assert len(legacy) == 3
+        (workdir / EVAL).replace(workdir / "results/eval/generations/teacher.parquet")  # where it was
 
-        for target in (*_shards(2), EVAL):
+        for target in _shards(2):
             assert planned_outputs(workdir, base, target) == {}, target
+        assert planned_outputs(workdir, base, EVAL) == {"evaluate": {EVAL}}
+        assert _run(workdir, proxy, base, EVAL) == 0
+        assert _answers(workdir / EVAL) == before[EVAL]
         more = _config(tmp_path / "more.yaml", proxy, **{"teacher.samples_per_problem": 3,
                                                           "eval.samples_per_problem": 3})
         assert _run(workdir, proxy, more, *_shards(2), EVAL) == 8 * 1 + 2 * 3 * 1
@@ -217,3 +224,37 @@ def test_a_finished_run_whose_store_predates_problem_keys_plans_nothing_and_resa
         after = _answers(workdir / path)
         assert {key: after[key] for key in answers} == answers and len(after) == len(answers) * 3 // 2, path
     assert {path: path.read_bytes() for path in legacy} == legacy  # read, never changed
+
+
+def test_per_benchmark_jobs_a_benchmark_added_is_a_job_added_and_switching_requests_nothing(tmp_path, endpoint):
+    """eval.jobs: a finished run of one evaluation job per model switched to one per benchmark requests nothing,
+    and eval.json is not rewritten (the rescored samples are the same rows); a benchmark added then plans one job,
+    its own, which requests its problems alone, and leaves the other parts as they were."""
+    workdir = tmp_path / "run"
+    summary = workdir / "results" / "eval.json"
+    parts = {name: f"results/eval/generations/teacher/{name}.parquet"
+             for name in ("chain_sum", "basic_arithmetic", "gsm_symbolic")}
+    with FaultProxy(endpoint.base_url.removesuffix("/v1")) as proxy:
+        per_model = _config(tmp_path / "per_model.yaml", proxy)
+        assert _run(workdir, proxy, per_model, "results/eval.json") == 2 * 3 * 2
+        whole, written = _answers(workdir / EVAL), summary.stat().st_mtime_ns
+
+        per_benchmark = _config(tmp_path / "per_benchmark.yaml", proxy, **{"eval.jobs": "per_benchmark"})
+        plan = planned_outputs(workdir, per_benchmark)
+        assert plan["evaluate"] == {parts["chain_sum"], parts["basic_arithmetic"]}, plan
+        assert _run(workdir, proxy, per_benchmark, "results/eval.json") == 0
+        assert summary.stat().st_mtime_ns == written
+        split = {name: _answers(workdir / parts[name]) for name in ("chain_sum", "basic_arithmetic")}
+        assert split["chain_sum"] | split["basic_arithmetic"] == whole and len(split["chain_sum"]) == 3 * 2
+        made = {name: (workdir / parts[name]).stat().st_mtime_ns for name in split}
+
+        added = _config(tmp_path / "added.yaml", proxy, **{"eval.jobs": "per_benchmark", "data.benchmarks": [
+            "chain_sum", "basic_arithmetic", "gsm_symbolic"]})
+        plan = planned_outputs(workdir, added)
+        assert plan["evaluate"] == {parts["gsm_symbolic"]}, plan
+        requests = _run(workdir, proxy, added, "results/eval.json")
+        print(f"benchmark added, one job per benchmark: {requests} requests, evaluate jobs {sorted(plan['evaluate'])}")
+        assert requests == 3 * 2
+        assert {name: (workdir / parts[name]).stat().st_mtime_ns for name in split} == made
+        assert {name: _answers(workdir / parts[name]) for name in split} == split
+        assert set(json.loads(summary.read_text())["models"]["teacher"]["benchmarks"]) == set(parts)
