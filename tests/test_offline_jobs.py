@@ -121,7 +121,7 @@ def test_records_and_eval_json_name_the_hub_id_and_revision_not_the_folder(offli
     workdir, _, _ = offline_run
     samples = pq.read_table(workdir / "results" / "teacher" / "00000.parquet").to_pylist()
     assert samples and {row["model"] for row in samples} == {TEACHER}
-    evaluated = pq.read_table(workdir / "results" / "eval" / "generations" / "student.parquet").to_pylist()
+    evaluated = pq.read_table(workdir / "results" / "eval" / "generations" / "student" / "all.parquet").to_pylist()
     assert {row["model"] for row in evaluated} == {HUB}
     document = json.loads((workdir / "results" / "eval.json").read_text())
     assert document["models"]["student"]["model"] == HUB
