@@ -88,8 +88,12 @@ def store_folder(output: str | os.PathLike, fingerprint: dict[str, Any],
                  store: str | os.PathLike | None = None) -> Path:
     """The folder of the samples drawn under `fingerprint` in the sample store of `output` (store_place):
     {store}/{digest}; the journal of `output` in it is {output's name}.jsonl."""
-    digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
-    return store_place(output, store)[0] / digest
+    return store_place(output, store)[0] / _digest(fingerprint)
+
+
+def _digest(fingerprint: dict[str, Any]) -> str:
+    """A fingerprint's folder name in a store."""
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _fits(value: Any, type_: pa.DataType) -> bool:
@@ -277,7 +281,10 @@ class Journal:
             raise ValueError(f"{self.path} is another output's journal: read, never written")
         if self._file is None:
             new = not self.path.exists()
-            created = [folder for folder in (self.path.parent, *self.path.parent.parents) if not folder.is_dir()]
+            created, folder = [], self.path.parent
+            while not folder.is_dir():
+                created.append(folder)
+                folder = folder.parent
             if created:
                 self.path.parent.mkdir(parents=True)
                 for folder in reversed(created):  # a new settings' folder: its name too must survive a crash
@@ -316,9 +323,9 @@ class SampleStore:
     def __init__(self, output: str | os.PathLike, fingerprint: dict[str, Any], schema: pa.Schema = TRAJECTORY_SCHEMA,
                  rows: list[dict] | None = None, fsync_every_s: float = 1.0, store: str | os.PathLike | None = None):
         """`store`: the store's folder (store_place; default: .samples beside `output`)."""
-        self.folder = store_folder(output, fingerprint, store)
+        root, name = store_place(output, store)
+        self.folder = root / _digest(fingerprint)
         self.fingerprint, self.schema, self.rows = fingerprint, schema, rows
-        name = store_place(output, store)[1]
         self.own = Journal(self.folder / f"{name}.jsonl", fingerprint, fsync_every_s, schema, rows)
         self.path = self.own.path
         self.skipped = 0  # damaged lines of this output's own journal, by the last load()

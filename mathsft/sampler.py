@@ -111,19 +111,19 @@ def think_prefilled(sampler: Sampler, render: Callable[[list[dict]], str] | None
 
 
 def sample_rows(sampler: Sampler, rows: list[dict], output: str, schema,
-                store: str | None = None) -> tuple[list[dict], dict]:
-    """Sample `samples_per_problem` answers per row, reusing the sample store of `output` (`store`, default: .samples
-    beside it; records of `schema`, found by problem in any output's journal of the same model and settings): the
-    server, the user's or a managed one, is reached only when some sample is missing from it. Returns the records
-    in (row, sample index) order and the summary of mathsft.generate.sample. Holds the output's lock
-    (mathsft.journal.hold_output) from here until the job exits."""
-    hold_output(output, store)  # until this job ends: a second job on the same output stops here, naming this one
+                sample_store: str | None = None) -> tuple[list[dict], dict]:
+    """Sample `samples_per_problem` answers per row, reusing the sample store of `output` (`sample_store`, its
+    folder, default: .samples beside it; records of `schema`, found by problem in any output's journal of the same
+    model and settings): the server, the user's or a managed one, is reached only when some sample is missing from
+    it. Returns the records in (row, sample index) order and the summary of mathsft.generate.sample. Holds the
+    output's lock (mathsft.journal.hold_output) from here until the job exits."""
+    hold_output(output, sample_store)  # until this job ends: a second job on the same output stops here, naming this one
     render = renderer(sampler)
     server, sampling = sampler.server, sampler.sampling
     model_id = model_id_of(server)
     fingerprint = journal_fingerprint(model_id, sampler.prompt_template, sampling, sampler.api,
                                       [] if server.endpoint else server.managed_args())
-    store = SampleStore(output, fingerprint, schema=schema, rows=rows, store=store)
+    store = SampleStore(output, fingerprint, schema=schema, rows=rows, store=sample_store)
     stored = store.load()
     missing = {(problem_key(row), k) for row in rows for k in range(sampling.samples_per_problem)} - stored.keys()
     if not missing:
