@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from mathsft.openmp_preload import OpenMPPreload
 from mathsft.ports import free_port, port_in_use
 
 log = logging.getLogger(__name__)
@@ -175,6 +176,7 @@ class ManagedServer:
         self.health_timeout_s = health_timeout_s
         self.proc: subprocess.Popen | None = None
         self.model_id: str | None = None  # what the server reports it loaded, once ready
+        self.preload: OpenMPPreload | None = None
 
     @property
     def base_url(self) -> str:
@@ -209,11 +211,13 @@ class ManagedServer:
                               "port unset so that a free one is chosen")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log.info("starting vLLM: %s (log: %s)", " ".join(redact(self.command())), self.log_path)
+        env = {**os.environ, **self.env}
+        self.preload = OpenMPPreload(env)  # from a venv whose path has a space (mathsft.openmp_preload)
         with open(self.log_path, "ab") as server_log:
             # A new session so stop() can signal the server and the engine processes it forks.
             self.proc = subprocess.Popen(
                 self.command(), stdout=server_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, **self.env, "VLLM_API_KEY": self.api_key}, start_new_session=True,
+                env={**env, **self.preload.env, "VLLM_API_KEY": self.api_key}, start_new_session=True,
             )
         self.started_at = time.monotonic()
 
@@ -267,6 +271,13 @@ class ManagedServer:
         """SIGTERM the server's process group, SIGKILL it after `grace_s` (5 s for a server that never became
         ready: vLLM waiting for its engine does not heed SIGTERM). A second SIGTERM to this job meanwhile (SLURM
         sends one, then SIGKILL) cannot cut the stop short."""
+        try:
+            self._stop(grace_s)
+        finally:
+            if self.preload is not None:
+                self.preload.close()
+
+    def _stop(self, grace_s: float) -> None:
         if self.proc is None or self.proc.poll() is not None and not _group_alive(self.proc.pid):
             return
         if self.model_id is None:

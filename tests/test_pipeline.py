@@ -126,6 +126,16 @@ def test_no_vllm_server_outlives_the_run(finished_run):
 
 
 
+def test_the_servers_of_a_venv_under_a_spaced_path_preload_their_openmp_runtime(finished_run):
+    """vLLM's CPU build preloads torch's libgomp; from this checkout's .venv (a path with a space) the loader refused
+    it in every server process until the managed server gave it a link (mathsft.openmp_preload)."""
+    workdir, _ = finished_run
+    logs = sorted((workdir / "logs").rglob("*.server.log"))
+    assert len(logs) == 5 and " " in str(checkout())  # 2 teacher shards and 3 evaluated models, from the spaced venv
+    refused = [path.name for path in logs if "cannot be preloaded" in path.read_text()]
+    assert refused == []
+
+
 def test_the_newcomers_run_compiled_nothing_into_its_empty_caches(finished_run):
     """A first run on a new machine builds no native code: DeepSpeed's shared-memory op (only inference collectives
     use it) is skipped, AdamW is torch's, vLLM runs eager on the CPU, and nothing else calls torch.compile or Triton."""
