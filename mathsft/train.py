@@ -11,6 +11,7 @@ import math
 import os
 import random
 import shutil
+import socket
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -109,7 +110,10 @@ def _init_distributed():
     import torch
 
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
-    return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if world_size > 1:  # which process runs where: the first thing to know when a multi-node run goes wrong
+        log.info("rank %d of %d on %s (local rank %s)", rank, world_size, socket.gethostname(), os.environ["LOCAL_RANK"])
+    return rank, world_size
 
 
 def cosine_with_warmup(total_steps: int, warmup_steps: int):

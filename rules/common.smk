@@ -495,10 +495,14 @@ def train_launch():
     if launcher == "torchrun":
         return f"torchrun --standalone --nnodes=1 --nproc_per_node={per_node}"
     # Runs inside the job's own step (the SLURM executor's srun): --overlap shares that step's CPUs and GPUs.
+    # That step is one task on the first node, started with the SLURM_* variables removed, so in it
+    # SLURM_JOB_NODELIST names that node alone and srun refuses a second ("Only allocated 1 nodes asked for 2",
+    # seen on the two-node test cluster): the job's nodes are asked of the controller first.
     # Outside an allocation, ${SLURM_JOB_ID:?...} stops the job with that message before anything starts.
-    return (f"srun --overlap --nodes={nodes} --ntasks={nodes} --ntasks-per-node=1 --kill-on-bad-exit=1"
-            f" torchrun --nnodes={nodes} --nproc_per_node={per_node} --rdzv_backend=c10d"
-            " --rdzv_id=${SLURM_JOB_ID:?train.launcher srun runs in a SLURM job: use --profile profiles/slurm}"
+    return ("export SLURM_JOB_NODELIST=$(squeue --noheader --format=%N --jobs="
+            "${SLURM_JOB_ID:?train.launcher srun runs in a SLURM job: use --profile profiles/slurm}); "
+            f"srun --overlap --nodes={nodes} --ntasks={nodes} --ntasks-per-node=1 --kill-on-bad-exit=1"
+            f" torchrun --nnodes={nodes} --nproc_per_node={per_node} --rdzv_backend=c10d --rdzv_id=$SLURM_JOB_ID"
             ' --rdzv_endpoint=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1):$((29500 + SLURM_JOB_ID % 1000))')
 
 

@@ -22,15 +22,18 @@ MODEL_CACHE = Path(os.environ.get("MATHSFT_TEST_MODELS", REPO / ".cache" / "mode
 # alone on its cores is about 20% faster spinning.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # Under pytest-xdist (pyproject.toml: two workers, whole files each) these go first, slowest first; the rest follow
-# in collection order. tests/endpoint/ goes to one worker as one unit: its files share one vLLM server.
+# in collection order. tests/endpoint/ goes to one worker as one unit: its files share one vLLM server. So do the
+# two SLURM modules: their test clusters share /etc/slurm/slurm.conf and ports, one is up at a time.
 SLOWEST_FIRST = ("tests/test_slurm.py", "tests/test_pipeline.py", "tests/endpoint", "tests/test_train_run.py",
                  "tests/test_signals.py", "tests/test_serve.py", "tests/test_offline_jobs.py")
 
 
 def unit_of(nodeid: str) -> str:
-    """The scheduling unit of a test: its file, or tests/endpoint for the files there."""
+    """The scheduling unit of a test: its file, tests/endpoint for the files there, tests/test_slurm.py for both
+    SLURM cluster modules."""
     path = nodeid.split("::", 1)[0]
-    return "tests/endpoint" if path.startswith("tests/endpoint/") else path
+    return ("tests/endpoint" if path.startswith("tests/endpoint/") else
+            "tests/test_slurm.py" if path == "tests/test_slurm_nodes.py" else path)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -25,46 +25,18 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import converted_model
 from helpers.processes import vllm_servers
+from helpers.slurm import PROFILE, cluster_jobs, job_env, link_models, slurm_cluster, slurm_snakemake
 from helpers.workflow import REPO, edited_config
 
 pytestmark = pytest.mark.e2e
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
-PROFILE = REPO / "profiles" / "slurm"
-CLUSTER_SCRIPT = REPO / "tests" / "slurm" / "cluster.sh"
-EMBEDDED = ("qwen2.5-coder-0.5b-instruct", "smollm2-135m-instruct")
-PROGRAMS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "scancel")
 # The tiny config's cluster jobs: fetch_dataset and report are local rules, and the models are copied in.
 GPU_RULES = {"teacher", "evaluate", "train"}
 CPU_RULES = {"prepare_data", "reward", "curate", "score_eval", "eval_summary"}
 # Every job on GPUs: the node's fake GPUs make the requests schedulable; the jobs themselves see no CUDA.
 ONE_GPU_EACH = {"teacher.gpus": 1, "eval.gpus": 1, "train.gpus": 1, "train.launcher": "srun"}
 INJECTED = "injected failure: the first curate attempt"
-
-
-def job_env(bin_dir: Path | None = None) -> dict[str, str]:
-    """The environment Snakemake and its jobs (sbatch --export=ALL) run in: the venv's python first."""
-    path = [str(Path(sys.executable).parent), os.environ.get("PATH", ""), "/usr/sbin", "/sbin"]
-    return {**os.environ, "PATH": os.pathsep.join(([str(bin_dir)] if bin_dir else []) + path)}
-
-
-def slurm_snakemake(workdir: Path, configfile: Path, *args: str) -> list[str]:
-    """Snakemake with profiles/slurm, as a user runs it. Test-only settings: threads capped at this machine's
-    cores (the rules ask for 8), status checks from 2 s after submission, SLURM logs kept."""
-    return [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-            "--configfile", str(configfile), "--profile", str(PROFILE),
-            "--max-threads", str(os.cpu_count()), "--slurm-init-seconds-before-status-checks", "2",
-            "--slurm-keep-successful-logs", *args]
-
-
-def cluster_jobs() -> list[dict[str, str]]:
-    """Every job the controller knows (finished ones for MinJobAge, an hour here), as scontrol's fields."""
-    out = subprocess.run(["scontrol", "show", "job", "--oneliner"], capture_output=True, text=True, check=True).stdout
-    jobs = [dict(re.findall(r"(?:^|\s)([A-Za-z/:_]+)=(\S*)", line)) for line in out.splitlines() if line.startswith("JobId=")]
-    for job in jobs:
-        job["rule"] = re.sub(r"^rule_|_wildcards_.*$", "", job.get("Comment", ""))
-    return sorted(jobs, key=lambda job: int(job["JobId"]))
 
 
 def megabytes(value: str) -> int:
@@ -91,12 +63,6 @@ def profile_resources(rule: str) -> dict[str, str]:
     return resources
 
 
-def link_models(workdir: Path, names=EMBEDDED) -> None:
-    """The converted embedded models, hard-linked in: prepare_model does not run."""
-    for name in names:
-        shutil.copytree(converted_model(name), workdir / "results" / "base_models" / name, copy_function=os.link)
-
-
 def shell_command(output: str, script: str) -> str:
     """The shell command Snakemake printed (-p) for the job that runs `script` (a job's SLURM log has it twice:
     from the snakemake that srun starts, and from the one that runs the rule)."""
@@ -109,22 +75,8 @@ def shell_command(output: str, script: str) -> str:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """The single-node cluster: its state folder (slurm.conf, the daemons' logs), down again after the module."""
-    missing = [name for name in PROGRAMS if not shutil.which(name, path=job_env()["PATH"])]
-    reason = ("bringing up the test cluster needs root" if os.geteuid() != 0 else
-              f"{', '.join(missing)} not installed (as root: bash tests/system_packages.sh)" if missing else None)
-    if reason:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason}; CI must run the SLURM tests")
-        pytest.skip(reason)
-    state = tmp_path_factory.mktemp("slurm")
-    started = time.monotonic()
-    up = subprocess.run(["bash", str(CLUSTER_SCRIPT), "up", str(state)], capture_output=True, text=True, timeout=120)
-    if up.returncode != 0:
-        pytest.fail(f"the test cluster did not come up:\n{up.stdout}\n{up.stderr}")
-    print(f"\ncluster up in {time.monotonic() - started:.1f} s: {up.stderr.strip()}")
-    yield state
-    down = subprocess.run(["bash", str(CLUSTER_SCRIPT), "down", str(state)], capture_output=True, text=True, timeout=120)
-    assert down.returncode == 0, f"the test cluster did not come down:\n{down.stdout}\n{down.stderr}"
+    with slurm_cluster(tmp_path_factory.mktemp("slurm")) as state:
+        yield state
 
 
 @dataclass
@@ -285,8 +237,10 @@ def test_training_runs_as_srun_and_torchrun_inside_its_job(slurm_run, cluster):
     (train,) = [job for job in slurm_run.jobs if job["rule"] == "train"]
     log = (slurm_run.workdir / ".snakemake" / "slurm_logs" / "rule_train" / "sft" / f"{train['JobId']}.log").read_text()
     command = shell_command(log, "train_sft.py")
-    assert command.startswith("srun --overlap --nodes=1 --ntasks=1 --ntasks-per-node=1 --kill-on-bad-exit=1"
-                              " torchrun --nnodes=1 --nproc_per_node=1 --rdzv_backend=c10d --rdzv_id=${SLURM_JOB_ID")
+    assert command.startswith("export SLURM_JOB_NODELIST=$(squeue --noheader --format=%N --jobs=${SLURM_JOB_ID:?"
+                              "train.launcher srun runs in a SLURM job: use --profile profiles/slurm}); srun --overlap"
+                              " --nodes=1 --ntasks=1 --ntasks-per-node=1 --kill-on-bad-exit=1 torchrun --nnodes=1"
+                              " --nproc_per_node=1 --rdzv_backend=c10d --rdzv_id=$SLURM_JOB_ID")
     # Step 0 is the executor's srun running the job; step 1, inside it, is the launcher's srun.
     steps = re.findall(rf"launch task StepId={train['JobId']}\.(\d+)", (cluster / "slurmd.log").read_text())
     assert steps == ["0", "1"]
@@ -346,9 +300,10 @@ def test_two_node_training_asks_for_two_nodes_and_gpus_per_node(slurm_run, clust
                                 text=True, env=job_env(), timeout=300)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         dry[name] = shell_command(result.stdout, "train_sft.py")
-    launcher = ("srun --overlap --nodes=2 --ntasks=2 --ntasks-per-node=1 --kill-on-bad-exit=1"
-                " torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d"
-                " --rdzv_id=${SLURM_JOB_ID:?train.launcher srun runs in a SLURM job: use --profile profiles/slurm}"
+    launcher = ("export SLURM_JOB_NODELIST=$(squeue --noheader --format=%N --jobs="
+                "${SLURM_JOB_ID:?train.launcher srun runs in a SLURM job: use --profile profiles/slurm}); "
+                "srun --overlap --nodes=2 --ntasks=2 --ntasks-per-node=1 --kill-on-bad-exit=1"
+                " torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_id=$SLURM_JOB_ID"
                 ' --rdzv_endpoint=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1):$((29500 + SLURM_JOB_ID % 1000))')
     # The trainer's own arguments are those of a one-process run, flag for flag.
     assert dry["two_nodes"] == launcher + dry["one_process"].removeprefix("python")
