@@ -186,8 +186,9 @@ def test_a_two_node_training_cancelled_after_a_checkpoint_resumes_on_both_nodes_
 
 
 def stored_samples(path: Path) -> int:
-    """Sample lines in a journal (its first line is the header, mathsft.journal)."""
-    return max(len(path.read_bytes().splitlines()) - 1, 0) if path.is_file() else 0
+    """Whole sample lines in a journal: its first line is the header (mathsft.journal), and a line a killed job
+    left without its newline is torn, skipped when the journal is read."""
+    return max(len(path.read_bytes().split(b"\n")[:-1]) - 1, 0) if path.is_file() else 0
 
 
 def test_a_node_lost_while_teacher_shards_run_on_both_nodes_loses_and_repeats_no_sample(two_nodes, finished_run,
