@@ -77,8 +77,13 @@ nodes_idle() { [ "$(sinfo -h -N -o %t | grep -cx 'idle\|mix')" -eq "$nodes" ]; }
 slurmd_name() { if ((nodes > 1)); then echo "slurmd-$1"; else echo slurmd; fi; }
 
 network_up() {  # the bridge, and per node a namespace with a veth on it, its address and loopback
-    ip link add "$bridge" type bridge || fail "cannot make the bridge $bridge (ip link add ... type bridge)"
     touch "$state/created-network"
+    if ip link show "$bridge" >/dev/null 2>&1; then  # a run killed before its `down`: these names are this script's
+        log "removing the bridge $bridge and the namespaces a run left"
+        network_down
+        touch "$state/created-network"
+    fi
+    ip link add "$bridge" type bridge || fail "cannot make the bridge $bridge (ip link add ... type bridge)"
     ip link set "$bridge" up
     ip addr add "$subnet.1/24" dev "$bridge"
     printf '127.0.0.1 localhost\n%s.1 %s\n' "$subnet" "$node" >"$state/hosts"
