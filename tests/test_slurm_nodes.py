@@ -21,12 +21,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import store_file
+from conftest import TINY, store_file
 from helpers.slurm import CLUSTER_SCRIPT, cluster_jobs, job_env, link_models, slurm_cluster, slurm_snakemake
-from helpers.workflow import REPO, edited_config
+from helpers.workflow import edited_config
 
 pytestmark = pytest.mark.e2e
-TINY = REPO / "tests" / "configs" / "tiny.yaml"
 # Two processes, a global batch of 4 over 7 traces: 2 steps an epoch, 6 in all; a checkpoint after each step.
 TRAINING = {"train.launcher": "srun", "train.epochs": 3, "train.checkpoint_every": 1}
 TWO_NODES = {**TRAINING, "train.nodes": 2, "train.gpus": 1}

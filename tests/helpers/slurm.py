@@ -15,12 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import converted_model
+from conftest import EMBEDDED, converted_model
 from helpers.workflow import REPO
 
 PROFILE = REPO / "profiles" / "slurm"
 CLUSTER_SCRIPT = REPO / "tests" / "slurm" / "cluster.sh"
-EMBEDDED = ("qwen2.5-coder-0.5b-instruct", "smollm2-135m-instruct")
 PROGRAMS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "scancel")
 
 

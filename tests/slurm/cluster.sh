@@ -116,7 +116,6 @@ start_slurmd() {  # start_slurmd NAME INDEX: in one-node mode here; else in node
         slurmd -f "$conf" -N "$1"
     else
         # nsenter, not `ip netns exec`, which mounts a sysfs of the namespace over /sys (slurmd wants the cgroups).
-        mkdir -p "$state/slurmd-$1"
         nsenter --net="/run/netns/mathsft-node$2" unshare --uts --mount --propagation private \
             sh -c 'hostname "$1" && mount --bind "$2" /etc/hosts && exec slurmd -f "$3" -N "$1"' \
             sh "$1" "$state/hosts" "$conf"
@@ -145,7 +144,8 @@ up() {
         log "stopping the test cluster left up in $previous"
         bash "$0" down "$previous"
     fi
-    mkdir -p "$state/slurmctld" "$state/slurmd"
+    mkdir -p "$state/slurmctld"
+    for name in "${node_names[@]}"; do mkdir -p "$state/$(slurmd_name "$name")"; done  # spool folders
 
     # munge: reuse a running daemon, else start one and remember to stop it.
     if ! munge -n </dev/null 2>/dev/null | unmunge >/dev/null 2>&1; then
