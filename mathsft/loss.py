@@ -1,9 +1,10 @@
 """The training loss: summed next-token cross-entropy over the label (assistant) tokens only, with logits made
-only at label positions (kept, chunked and recomputed, or never made with Liger's fused kernel), over a packed
-or a padded micro-batch."""
+only at label positions and never all at once (a chunk at a time, its gradients made as it goes; or never made,
+with Liger's fused kernel on a GPU), over a packed or a padded micro-batch."""
 
 from __future__ import annotations
 
+import functools
 import logging
 
 from mathsft import packing
@@ -14,8 +15,13 @@ log = logging.getLogger(__name__)
 
 LOSS_CHUNK_TOKENS = 4096
 # Up to this many logits (label tokens x vocabulary; 1 GiB in float32) the loss keeps them for the backward
-# pass; beyond it, chunks of LOSS_CHUNK_TOKENS are recomputed there instead.
+# pass; beyond it, chunks of LOSS_CHUNK_TOKENS are recomputed there instead. (ZeRO-3 only: its head weight is
+# partitioned, gathered by the head's own forward; elsewhere linear_cross_entropy holds one chunk at a time.)
 LOGITS_IN_MEMORY = 2**28
+# Logits per chunk of linear_cross_entropy: 128 MiB in float32, 682 label tokens of a 49k vocabulary and 220
+# of Qwen's 152k. On this 2-core CPU, the loss and its gradients for 3,500 label tokens of SmolLM2-135M took
+# 4.47 s in chunks of 2^22 logits, 4.03 s of 2^24, 3.79 s of 2^25, 3.73 s of 2^26, 3.89 s as one tensor.
+LOGITS_PER_CHUNK = 2**25
 
 
 def _decoder_and_head(model):
@@ -34,11 +40,70 @@ def _chunk_loss(head, hidden, targets):
     return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
 
 
+@functools.cache
+def _linear_cross_entropy_function():
+    """The autograd function of linear_cross_entropy (made on first use: torch is imported only then)."""
+    import torch
+
+    class LinearCrossEntropy(torch.autograd.Function):
+        """Each chunk's logits give its share of the loss and, at once, of both gradients (softmax minus the
+        one-hot target); the backward pass only scales them."""
+
+        @staticmethod
+        def forward(ctx, hidden, weight, targets, rows, grad_enabled):
+            # needs_input_grad is set under torch.no_grad() too: evaluation would make gradients for nothing.
+            want_hidden, want_weight = (grad_enabled and wanted for wanted in ctx.needs_input_grad[:2])
+            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            grad_hidden = torch.empty_like(hidden) if want_hidden else None
+            grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_weight else None
+            for start in range(0, targets.numel(), rows):
+                part, goal = hidden[start : start + rows], targets[start : start + rows]
+                logits = (part @ weight.T).float()
+                norm = torch.logsumexp(logits, dim=-1)
+                total += (norm - logits.gather(1, goal[:, None]).squeeze(1)).sum()
+                if want_hidden or want_weight:
+                    probs = logits.sub_(norm[:, None]).exp_()  # the softmax, in place of the logits
+                    probs[torch.arange(goal.numel(), device=goal.device), goal] -= 1.0
+                    grad = probs.to(hidden.dtype)
+                    if want_hidden:
+                        grad_hidden[start : start + rows] = grad @ weight
+                    if want_weight and grad.dtype == torch.float32:
+                        grad_weight.addmm_(grad.T, part)
+                    elif want_weight:  # bfloat16 products (as autograd's), summed over the chunks in float32
+                        grad_weight += grad.T @ part
+            ctx.save_for_backward(grad_hidden, grad_weight)
+            ctx.weight_dtype = weight.dtype
+            return total
+
+        @staticmethod
+        def backward(ctx, grad_total):
+            grad_hidden, grad_weight = ctx.saved_tensors
+            if grad_hidden is not None:  # scaled in float32, as autograd scales the logits' gradient
+                grad_hidden = (grad_hidden.float() * grad_total).to(grad_hidden.dtype)
+            if grad_weight is not None:
+                grad_weight = (grad_weight * grad_total).to(ctx.weight_dtype)
+            return grad_hidden, grad_weight, None, None, None
+
+    return LinearCrossEntropy
+
+
+def linear_cross_entropy(hidden, weight, targets):
+    """Summed cross-entropy of the logits `hidden @ weight.T` against `targets`, in float32, LOGITS_PER_CHUNK
+    logits at a time, no chunk kept and none computed twice: what is kept for the backward pass is the
+    gradient of `hidden` and a float32 gradient of `weight`. The default fused loss of summed_label_loss
+    (Liger's kernel does the same on a GPU)."""
+    import torch
+
+    rows = max(1, LOGITS_PER_CHUNK // weight.shape[0])
+    return _linear_cross_entropy_function().apply(hidden, weight, targets, rows, torch.is_grad_enabled())
+
+
 def summed_label_loss(model, input_ids, labels, fused_loss=None, **kwargs):
-    """Sum of next-token cross-entropy over the label tokens. Logits are made only at label positions; when
-    they would exceed LOGITS_IN_MEMORY, LOSS_CHUNK_TOKENS at a time, recomputed in the backward pass (a
-    150k-token vocabulary's float32 logits for a packed row would be the largest tensor of the step).
-    `fused_loss(hidden, weight, targets)`, where given, computes the summed loss without logits (Liger)."""
+    """Sum of next-token cross-entropy over the label tokens, with logits made only at label positions.
+    `fused_loss(hidden, weight, targets)` computes it from the head's weight: linear_cross_entropy, or Liger's
+    kernel. Without it (ZeRO-3, whose head weight only its forward gathers), the head makes the logits: kept
+    for the backward pass up to LOGITS_IN_MEMORY, beyond it LOSS_CHUNK_TOKENS at a time and recomputed there
+    (a 150k-token vocabulary's float32 logits for a packed row would be the largest tensor of the step)."""
     import torch
     from torch.utils.checkpoint import checkpoint
 

@@ -19,7 +19,8 @@ from pathlib import Path
 from mathsft.chat import end_of_turn_token
 from mathsft.checkpoints import Checkpoints, export
 from mathsft.hub_models import NotFetched, model_to_load
-from mathsft.loss import apply_liger, check_liger, label_token_count, micro_batch_loss
+from mathsft.loss import apply_liger, check_liger, label_token_count, linear_cross_entropy, micro_batch_loss
+from mathsft.recompute import elementwise_recompute
 from mathsft.train_data import epoch_plan, load_examples
 from mathsft.train_settings import (ConfigError, TrainConfig, check_config, deepspeed_config, parquet_files,
                                     run_fingerprint)
@@ -130,8 +131,9 @@ def cosine_with_warmup(total_steps: int, warmup_steps: int):
 
 def load_model(cfg: TrainConfig, use_bf16: bool, source: str, revision: str | None):
     """The start model (cfg.model, read from `source` at `revision`: mathsft.hub_models.model_to_load) as
-    trained: packed attention (or sdpa), Liger's kernels, gradient checkpointing and LoRA adapters as `cfg`
-    asks; returns it with Liger's fused loss (None without Liger)."""
+    trained: packed attention (or sdpa), Liger's kernels, activation recompute (whole layers, or the
+    elementwise ops only) and LoRA adapters as `cfg` asks; returns it with its fused loss (Liger's, else
+    mathsft.loss.linear_cross_entropy)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -140,9 +142,11 @@ def load_model(cfg: TrainConfig, use_bf16: bool, source: str, revision: str | No
     attention = packed_attention_implementation() if cfg.packing else "sdpa"
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.bfloat16 if use_bf16 else torch.float32,
                                                  attn_implementation=attention, revision=revision)
-    fused_loss = apply_liger(model) if cfg.liger_kernel else None
+    fused_loss = apply_liger(model) if cfg.liger_kernel else linear_cross_entropy
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    elif cfg.recompute_elementwise and not cfg.liger_kernel:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=elementwise_recompute())
     if cfg.lora_rank:
         from peft import LoraConfig, get_peft_model
 
@@ -253,8 +257,9 @@ def train(cfg: TrainConfig, metrics_path: str) -> dict:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_of_turn_id
 
     checkpoints = Checkpoints(cfg.checkpoint_dir, run_fingerprint(cfg, world_size), rank)
-    if fused_loss is not None and engine.zero_optimization_stage() == 3:
-        log.info("ZeRO-3: the head weight is partitioned, so the loss stays chunked (no fused cross-entropy)")
+    if engine.zero_optimization_stage() == 3:
+        log.info("ZeRO-3: the head weight is partitioned, so the loss computes logits through the head (no fused "
+                 "cross-entropy)")
         fused_loss = None
     resumed = checkpoints.resume(engine)
     checkpoints.prepare(resumed)

@@ -449,7 +449,8 @@ SPEED_ONLY_KEYS = {
     "teacher": ("endpoint", "api_key_env", "concurrency", "request_timeout_s", "max_attempts", "max_failed_fraction"),
     # eval.jobs splits the same samples into other files: it reruns evaluation jobs (no request) but is no result.
     "eval": ("concurrency", "request_timeout_s", "max_attempts", "jobs"),
-    "train": ("checkpoint_every", "launcher", "report_to"),
+    # recompute_elementwise: the same gradients to the bit (mathsft.recompute).
+    "train": ("checkpoint_every", "launcher", "report_to", "recompute_elementwise"),
 }
 
 # Per eval.endpoints entry: where the model is served and its key's variable; the model's name there decides.
@@ -459,12 +460,19 @@ SPEED_ONLY_ENDPOINT_KEYS = ("endpoint", "api_key_env")
 def speed_only_resources(section, keys):
     """Settings of `section` that decide how fast a job runs, never what it makes (SPEED_ONLY_KEYS), as the
     rule's resources: unlike a param, a resource never triggers a rerun, so editing one reruns nothing.
-    Snakemake takes whole numbers and text as resources: other values go as text."""
+    Snakemake takes whole numbers and text as resources: a true/false setting goes as its script option
+    (--KEY or --no-KEY), other values as text."""
     unknown = [key for key in keys if key not in SPEED_ONLY_KEYS.get(section, ())]
     if unknown:
         raise ValueError(f"{section}.{', '.join(unknown)}: not speed-only (SPEED_ONLY_KEYS); pass it as a param")
-    values = {key: config[section][key] for key in keys}
-    return {key: value if type(value) is int else str(value) for key, value in values.items()}
+    resources = {}
+    for key in keys:
+        value = config[section][key]
+        if type(value) is bool:
+            resources[key] = f"--{key}" if value else f"--no-{key}"
+        else:
+            resources[key] = value if type(value) is int else str(value)
+    return resources
 
 
 def config_hash():

@@ -35,8 +35,9 @@ rule train:
         **train_cluster_resources(),
         # python, torchrun, or srun + torchrun across nodes: see train_launch() in common.smk.
         launch=train_launch(),
-        # How often states are saved, and experiment tracking (none, tensorboard), do not change the result.
-        **speed_only_resources("train", ("checkpoint_every", "report_to")),
+        # How often states are saved, experiment tracking (none, tensorboard) and which activations are
+        # recomputed do not change the result.
+        **speed_only_resources("train", ("checkpoint_every", "report_to", "recompute_elementwise")),
     threads: 8
     conda:
         CONDA_ENV
@@ -52,7 +53,8 @@ rule train:
         " --weight_decay {params.weight_decay} --max_grad_norm {params.max_grad_norm}"
         " --global_batch_size {params.global_batch_size}"
         " --micro_batch_size_per_device {params.micro_batch_size_per_device}"
-        " --max_length {params.max_length} {params.gradient_checkpointing} {params.liger_kernel} --seed {params.seed}"
+        " --max_length {params.max_length} {params.gradient_checkpointing} {resources.recompute_elementwise}"
+        " {params.liger_kernel} --seed {params.seed}"
         " {params.packing} {params.lora:q} --checkpoint_every {resources.checkpoint_every}"
         " --report_to {resources.report_to} --tracking_dir results/train/{wildcards.run}/tensorboard"
         " --checkpoint_dir results/train/{wildcards.run}/checkpoints"

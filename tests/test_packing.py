@@ -59,9 +59,8 @@ def test_the_loss_of_a_packed_row_equals_the_traces_losses_one_by_one(student_di
 
 
 @pytest.mark.e2e  # forward and backward passes of the student model: a training step's compute
-@pytest.mark.parametrize("logits_in_memory", [0, None], ids=["chunked-and-recomputed", "kept-for-backward"])
-def test_the_label_only_loss_equals_cross_entropy_over_full_logits(student_dir, student_tokenizer, monkeypatch,
-                                                                   logits_in_memory):
+@pytest.mark.parametrize("path", ["linear-cross-entropy", "head-chunked-and-recomputed", "head-kept-for-backward"])
+def test_the_label_only_loss_equals_cross_entropy_over_full_logits(student_dir, student_tokenizer, monkeypatch, path):
     import torch
     import torch.nn.functional as F
     from transformers import AutoModelForCausalLM
@@ -74,16 +73,23 @@ def test_the_label_only_loss_equals_cross_entropy_over_full_logits(student_dir, 
                                    "13 + 29 = 42, so the answer is \\boxed{42}.", end_of_turn_id)
     model = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32)
     ids, labels = torch.tensor([ids]), torch.tensor([labels])
-    monkeypatch.setattr(loss, "LOSS_CHUNK_TOKENS", 5)  # several chunks even for a short answer
-    if logits_in_memory is not None:
-        monkeypatch.setattr(loss, "LOGITS_IN_MEMORY", logits_in_memory)
-    chunked = loss.summed_label_loss(model, ids, labels)
-    chunked.backward()
-    chunked_grad = model.model.layers[0].mlp.up_proj.weight.grad.clone()
+    fused_loss = None
+    if path == "linear-cross-entropy":
+        monkeypatch.setattr(loss, "LOGITS_PER_CHUNK", 5 * model.config.vocab_size)  # several chunks of 5 tokens
+        fused_loss = loss.linear_cross_entropy
+    else:
+        monkeypatch.setattr(loss, "LOSS_CHUNK_TOKENS", 5)
+        if path == "head-chunked-and-recomputed":
+            monkeypatch.setattr(loss, "LOGITS_IN_MEMORY", 0)
+    watched = {"an MLP weight": model.model.layers[0].mlp.up_proj.weight,
+               "the head (tied to the embedding)": model.get_output_embeddings().weight}
+    chunked = loss.summed_label_loss(model, ids, labels, fused_loss)
+    (chunked * 0.25).backward()  # a scaled loss, as the trainer's token mean
+    chunked_grads = {name: weight.grad.clone() for name, weight in watched.items()}
     model.zero_grad()
     logits = model(input_ids=ids).logits[0, :-1]
     full = F.cross_entropy(logits, labels[0, 1:], ignore_index=IGNORE_INDEX, reduction="sum")
-    full.backward()
+    (full * 0.25).backward()
     assert torch.allclose(chunked, full, rtol=1e-5)
-    full_grad = model.model.layers[0].mlp.up_proj.weight.grad
-    assert (chunked_grad - full_grad).norm() / full_grad.norm() < 1e-4  # float32 summation order only
+    for name, weight in watched.items():  # float32 summation order only
+        assert (chunked_grads[name] - weight.grad).norm() / weight.grad.norm() < 1e-4, name

@@ -249,7 +249,7 @@ def test_speed_only_keys_rerun_nothing_eval_summary_and_the_report_included(fini
     for key, value in (("teacher.concurrency", 3), ("teacher.request_timeout_s", 99), ("teacher.max_attempts", 2),
                        ("teacher.max_failed_fraction", 0.5), ("eval.concurrency", 3), ("eval.request_timeout_s", 99),
                        ("eval.max_attempts", 2), ("server.health_timeout_s", 77), ("train.checkpoint_every", 1),
-                       ("train.report_to", "tensorboard")):
+                       ("train.report_to", "tensorboard"), ("train.recompute_elementwise", False)):
         edited = edited_config(TINY, tmp_path / "c.yaml", **{key: value})
         assert planned_outputs(workdir, edited, target="results/report.html") == {}, key
 

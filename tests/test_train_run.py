@@ -1,7 +1,7 @@
 """The trainer for real (DeepSpeed on CPU, the embedded student): packed and padded batches take the same
-step, a run killed with SIGKILL resumes from its last checkpoint to the same weights (past a torn metrics
-line), a diverging run stops and exports nothing, the exported folder loads and generates, LoRA is merged at
-export, ZeRO-3 shards are gathered, bad settings stop before compute."""
+step, elementwise recompute changes no bit, a run killed with SIGKILL resumes from its last checkpoint to the
+same weights (past a torn metrics line), a diverging run stops and exports nothing, the exported folder loads
+and generates, LoRA is merged at export, ZeRO-3 shards are gathered, bad settings stop before compute."""
 
 from __future__ import annotations
 
@@ -63,6 +63,16 @@ def test_packed_and_padded_batches_take_the_same_first_step_and_packing_wastes_n
     assert packed["grad_norm"] == pytest.approx(padded["grad_norm"], rel=1e-3)
     assert packed["padding_waste"] == 0.0 and packed["micro_batches"] == 1
     assert padded["padding_waste"] > 0.01 and padded["micro_batches"] == 2
+
+
+def test_elementwise_recompute_on_and_off_train_to_the_same_bits(student_dir, work):
+    for out, flag in (("recomputed", "--recompute_elementwise"), ("kept", "--no-recompute_elementwise")):
+        run(train_command(student_dir, work, out, flag, "--global_batch_size", "4", "--micro_batch_size_per_device", "4"))
+    recomputed, kept = metrics(work, "recomputed"), metrics(work, "kept")
+    assert [m.get("loss") for m in recomputed] == [m.get("loss") for m in kept]
+    assert [m.get("grad_norm") for m in recomputed] == [m.get("grad_norm") for m in kept]
+    assert (work / "recomputed" / "model" / "model.safetensors").read_bytes() == \
+        (work / "kept" / "model" / "model.safetensors").read_bytes()
 
 
 def test_a_run_killed_with_sigkill_resumes_from_its_last_checkpoint_to_the_same_weights(student_dir, work):
