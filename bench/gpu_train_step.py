@@ -67,6 +67,8 @@ def main() -> None:
     parser.add_argument("--global_batch", type=int, default=16)
     parser.add_argument("--deepspeed", default=str(Path(__file__).resolve().parents[1] / "config/deepspeed/zero2.json"))
     parser.add_argument("--gradient_checkpointing", action="store_true")
+    parser.add_argument("--recompute_elementwise", action="store_true",
+                        help="keep only matmul and attention outputs (train.recompute_elementwise; off under Liger)")
     parser.add_argument("--liger_kernel", action="store_true", help="Liger's fused kernels and cross-entropy")
     parser.add_argument("--profile", action="store_true",
                         help="run under torch.profiler and print the kernels that took the most GPU time")
@@ -104,7 +106,7 @@ def main() -> None:
                       output_dir=str(work / "out"), deepspeed_config=args.deepspeed, epochs=1, learning_rate=1e-5,
                       global_batch_size=args.global_batch, micro_batch_size_per_device=args.micro_batch,
                       max_length=args.seq_len, gradient_checkpointing=args.gradient_checkpointing,
-                      liger_kernel=args.liger_kernel,
+                      recompute_elementwise=args.recompute_elementwise, liger_kernel=args.liger_kernel,
                       packing=args.packing)
     started = time.monotonic()
     if args.profile:

@@ -1,8 +1,8 @@
 """Which activations the backward pass keeps with train.recompute_elementwise: the outputs of matrix products
 and attention, a decoder layer's costly ops; everything between them (norms, activations, rotary embeddings,
 residual sums, casts, copies) runs again in the backward pass, from those outputs. The gradients are the same
-to the bit (the same ops run on the same inputs); the activations kept are about 40% fewer, for about 1% more
-time on a CPU (bench/train_throughput.py)."""
+to the bit (the same ops run on the same inputs). One forward and backward pass of a 3,746-token packed row of
+SmolLM2-135M on a CPU peaked at 6.55 GB against 8.43 GB, for 0-3% more time (README: Benchmarks)."""
 
 from __future__ import annotations
 

@@ -39,8 +39,8 @@ class TrainConfig:
                 "about 15% slower on a CPU"})
     recompute_elementwise: bool = field(default=True, metadata={
         "help": "keep only the outputs of matrix products and attention for the backward pass and recompute the "
-                "elementwise ops between them (mathsft.recompute): the same gradients, about 40% less activation "
-                "memory at about 1% more time on a CPU; off with gradient_checkpointing (which recomputes all) or "
+                "elementwise ops between them (mathsft.recompute): the same gradients, about a fifth less peak memory "
+                "for a few percent more time on a CPU; off with gradient_checkpointing (which recomputes all) or "
                 "liger_kernel (whose fused kernels keep little)"})
     seed: int = 0
     packing: bool = field(default=True, metadata={
