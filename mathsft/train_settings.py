@@ -143,7 +143,8 @@ def deepspeed_config(path: str, cfg: TrainConfig, gradient_accumulation_steps: i
 def run_fingerprint(cfg: TrainConfig, world_size: int = 1) -> str:
     """What a checkpoint must match to be resumed from: every setting that shapes training, the start model,
     the training data's content and the process count (it splits the data and shapes the ZeRO states); not
-    where outputs go, nor how often checkpoints are written."""
+    where outputs go, how often checkpoints are written, nor which activations are recomputed (the same
+    gradients either way)."""
     settings = {k: v for k, v in asdict(cfg).items()
                 if k not in ("output_dir", "checkpoint_dir", "checkpoint_every", "report_to", "tracking_dir",
                              "recompute_elementwise")}

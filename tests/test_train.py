@@ -162,6 +162,12 @@ def test_tracking_never_changes_which_checkpoints_a_run_resumes(tmp_path):
     assert run_fingerprint(tracked) == run_fingerprint(_cfg(tmp_path))
 
 
+def test_which_activations_are_recomputed_never_changes_which_checkpoints_a_run_resumes(tmp_path):
+    # The same gradients to the bit (test_recompute); a setting that changes the result changes the fingerprint.
+    assert run_fingerprint(_cfg(tmp_path, recompute_elementwise=False)) == run_fingerprint(_cfg(tmp_path))
+    assert run_fingerprint(_cfg(tmp_path, learning_rate=3e-5)) != run_fingerprint(_cfg(tmp_path))
+
+
 def test_two_train_files_are_read_in_the_order_given_as_one_training_set(tmp_path, student_tokenizer):
     from mathsft.chat import end_of_turn_token
     from mathsft.train_data import load_examples
