@@ -4,7 +4,7 @@ SFTTrainer with its defaults and padded to max_length (verl's way), on the same 
 
 Each configuration runs in its own process, one after another, in alternating order over --rounds (run-to-run
 noise on a shared 2-core machine is large). Reported per run: real (non-padding) tokens per second over the
-steps after the first, padding waste (padding positions / positions computed), peak RSS and the last step's
+steps after the first, padding waste (padding positions / positions computed), peak RSS and each step's
 loss; then the mean and the range over the rounds.
 
     python bench/train_throughput.py --examples 32 --rounds 3
@@ -93,7 +93,7 @@ def run_trl(args, pad_to_max: bool, work: Path) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from mathsft.train import cosine_with_warmup
+    from mathsft.train import learning_rate_schedule
     from mathsft.train_data import epoch_plan
 
     rows = pq.read_table(args.train).to_pylist()
@@ -112,8 +112,7 @@ def run_trl(args, pad_to_max: bool, work: Path) -> dict:
     betas = json.loads((REPO / "config/deepspeed/zero2.json").read_text())["optimizer"]["params"]["betas"]
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, betas=tuple(betas), eps=1e-8,
                                   weight_decay=cfg.weight_decay)
-    warmup = max(1, round(cfg.warmup_ratio * len(plan)))  # as mathsft.train
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(len(plan), warmup))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_schedule(cfg, len(plan)))
     trainer = SFTTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer,
                          optimizers=(optimizer, schedule))
     trainer._get_train_sampler = lambda *_: SequentialSampler(trainer.train_dataset)  # the order set above

@@ -129,6 +129,13 @@ def cosine_with_warmup(total_steps: int, warmup_steps: int):
     return factor
 
 
+def learning_rate_schedule(cfg: TrainConfig, total_steps: int):
+    """The LR multiplier of a run of `total_steps`: cosine_with_warmup, warming up over cfg.warmup_ratio of the
+    steps (at least one when the ratio is above 0)."""
+    warmup_steps = max(1, round(cfg.warmup_ratio * total_steps)) if cfg.warmup_ratio > 0 else 0
+    return cosine_with_warmup(total_steps, warmup_steps)
+
+
 def load_model(cfg: TrainConfig, use_bf16: bool, source: str, revision: str | None):
     """The start model (cfg.model, read from `source` at `revision`: mathsft.hub_models.model_to_load) as
     trained: packed attention (or sdpa), Liger's kernels, activation recompute (whole layers, or the
@@ -246,8 +253,7 @@ def train(cfg: TrainConfig, metrics_path: str) -> dict:
     model, fused_loss = load_model(cfg, use_bf16, source, revision)
     steps_per_epoch = math.ceil(len(examples) / cfg.global_batch_size)
     total_steps = steps_per_epoch * cfg.epochs
-    warmup_steps = max(1, round(cfg.warmup_ratio * total_steps)) if cfg.warmup_ratio > 0 else 0
-    schedule = cosine_with_warmup(total_steps, warmup_steps)
+    schedule = learning_rate_schedule(cfg, total_steps)
     engine, _, _, _ = deepspeed.initialize(
         model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
         config=deepspeed_config(cfg.deepspeed_config, cfg, gradient_accumulation_steps, use_bf16, world_size),
