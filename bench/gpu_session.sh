@@ -20,7 +20,8 @@ prepare() {
     DS_BUILD_OPS=0 .venv/bin/python -m pip wheel -q --no-deps --no-build-isolation -w .whl "deepspeed==$(.venv/bin/python -c 'from importlib.metadata import version; print(version("deepspeed"))')"
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
-        liger-kernel==0.8.5 hjson pydantic pydantic-core annotated-types typing-inspection
+        liger-kernel==0.8.5 hjson==3.1.0 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 \
+        typing-inspection==0.4.5
     cp .cache/models/qwen2.5-coder-0.5b-instruct/{tokenizer.json,tokenizer_config.json,chat_template.jinja} .tok/
     du -sh .whl .tok
 }
