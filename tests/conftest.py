@@ -23,9 +23,13 @@ MODEL_CACHE = Path(os.environ.get("MATHSFT_TEST_MODELS", REPO / ".cache" / "mode
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # Under pytest-xdist (pyproject.toml: two workers, whole files each) these go first, slowest first; the rest follow
 # in collection order. tests/endpoint/ goes to one worker as one unit: its files share one vLLM server. So do the
-# two SLURM modules: their test clusters share /etc/slurm/slurm.conf and ports, one is up at a time.
+# two SLURM modules: their test clusters share /etc/slurm/slurm.conf and ports, one is up at a time. The end-to-end
+# units come first, then the slowest files of the quick loop (pytest -m "not e2e": 45, 27, 24, 17 and 13 s of its
+# 180 s on 2026-12-05), so that the last file a worker takes is a short one.
 SLOWEST_FIRST = ("tests/test_slurm.py", "tests/test_pipeline.py", "tests/endpoint", "tests/test_train_run.py",
-                 "tests/test_signals.py", "tests/test_serve.py", "tests/test_offline_jobs.py")
+                 "tests/test_signals.py", "tests/test_serve.py", "tests/test_offline_jobs.py",
+                 "tests/test_data_sources.py", "tests/test_workflow.py", "tests/test_report.py",
+                 "tests/test_hub_models.py", "tests/test_reward.py")
 
 
 def unit_of(nodeid: str) -> str:

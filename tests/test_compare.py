@@ -6,13 +6,13 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from helpers.workflow import cli_process
 from mathsft.compare import (BASELINES, EXACT_MAX_NONZERO_PROBLEMS, PERMUTATION_RESAMPLES, bootstrap_ci95,
                              compare_models, comparison_pairs, delta_stderr, document_comparisons, paired_comparison,
                              problem_pass1, sign_flip_p_value)
@@ -186,8 +186,8 @@ def _eval_file(path: Path, label: str, rewards_by_problem: dict[str, list[float]
 def test_run_sft_model_compares_two_eval_files_without_a_server(tmp_path):
     sft = _eval_file(tmp_path / "sft.parquet", "sft", {"a": [1, 1], "b": [1, 0], "c": [1, 1], "d": [0, 0]})
     student = _eval_file(tmp_path / "student.parquet", "student", {"a": [0, 0], "b": [0, 0], "c": [1, 0], "d": [0, 0]})
-    result = subprocess.run([sys.executable, RUN_SFT_MODEL, "--compare", sft, student, "--seed", "7",
-                             "--comparisons_json", str(tmp_path / "comparisons.json")], capture_output=True, text=True)
+    result = cli_process([sys.executable, RUN_SFT_MODEL, "--compare", sft, student, "--seed", "7",
+                          "--comparisons_json", str(tmp_path / "comparisons.json")])
     assert result.returncode == 0, result.stderr
     written = json.loads((tmp_path / "comparisons.json").read_text())
     assert written["comparison_methods"]["seed"] == 7
@@ -203,13 +203,12 @@ def test_run_sft_model_compares_two_eval_files_without_a_server(tmp_path):
 def test_run_sft_model_compare_refuses_files_without_a_shared_problem(tmp_path):
     sft = _eval_file(tmp_path / "sft.parquet", "sft", {"a": [1]})
     student = _eval_file(tmp_path / "student.parquet", "student", {"z": [0]})
-    result = subprocess.run([sys.executable, RUN_SFT_MODEL, "--compare", sft, student], capture_output=True, text=True)
+    result = cli_process([sys.executable, RUN_SFT_MODEL, "--compare", sft, student])
     assert result.returncode != 0 and "model sft with student on benchmark b" in result.stderr
 
 
 def test_run_sft_model_still_needs_a_model_to_evaluate_without_compare():
-    result = subprocess.run([sys.executable, RUN_SFT_MODEL, "--benchmarks", "x.parquet"], capture_output=True,
-                            text=True)
+    result = cli_process([sys.executable, RUN_SFT_MODEL, "--benchmarks", "x.parquet"])
     assert result.returncode == 2 and "--model" in result.stderr
 
 

@@ -225,18 +225,48 @@ def test_every_hub_dataset_in_the_catalog_pins_the_commit_its_local_copy_stands_
     assert set(hub) == {"deepscaler", *BENCHMARKS}  # write_hub_copies makes one copy of each
 
 
-@pytest.fixture()
-def hub_run(tmp_path, monkeypatch):
-    """A working directory whose config reads local copies of the hub datasets (source: hub)."""
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # the datasets cache, kept out of the user's
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    datasets = write_hub_copies(tmp_path / "hub")
+def hub_setup(top, environment) -> tuple:
+    """A working directory under `top` whose config reads local copies of the hub datasets (source: hub), with
+    the datasets cache in `top` (set through `environment`, a MonkeyPatch), kept out of the user's."""
+    environment.setenv("HF_HOME", str(top / "hf"))
+    environment.setenv("HF_DATASETS_OFFLINE", "1")
+    datasets = write_hub_copies(top / "hub")
     config = {"data": {"source": "hub", "train_sets": ["deepscaler"], "benchmarks": BENCHMARKS, "datasets": datasets,
                        "num_samples": 24, "shard_size": 8, "decontamination_ngram": 8, "max_problem_chars": 2000},
               "eval": {"models": ["student"]}}
-    path = tmp_path / "hub.yaml"
+    path = top / "hub.yaml"
     path.write_text(yaml.safe_dump(config))
-    return tmp_path / "run", path, config
+    return top / "run", path, config
+
+
+@pytest.fixture()
+def hub_run(tmp_path, monkeypatch):
+    return hub_setup(tmp_path, monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def hub_data_stage(tmp_path_factory):
+    """hub_run's data stage, planned then run once for the module (six fetches and the preparation): the plan,
+    and the finished folder that hub_prepared copies."""
+    top = tmp_path_factory.mktemp("hub_data_stage")
+    with pytest.MonkeyPatch.context() as environment:
+        workdir, configfile, config = hub_setup(top, environment)
+        planned = planned_outputs(workdir, configfile, "results/data/report.json")
+        _run_data_stage(workdir, configfile)
+    return top, planned
+
+
+@pytest.fixture()
+def hub_prepared(hub_data_stage, tmp_path, monkeypatch):
+    """A copy of the module's finished data stage (file times and Snakemake's records kept, so nothing in it is
+    stale) with a config of its own to edit, reading the module's hub copies: what hub_run is after a run."""
+    top, planned = hub_data_stage
+    monkeypatch.setenv("HF_HOME", str(top / "hf"))
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    shutil.copytree(top / "run", tmp_path / "run", symlinks=True)
+    configfile = tmp_path / "hub.yaml"
+    shutil.copy2(top / "hub.yaml", configfile)
+    return tmp_path / "run", configfile, yaml.safe_load(configfile.read_text()), planned
 
 
 def _run_data_stage(workdir, configfile, *targets):
@@ -246,11 +276,10 @@ def _run_data_stage(workdir, configfile, *targets):
     return result
 
 
-def test_the_data_stage_fetches_hub_datasets_and_prepares_decontaminated_shards(hub_run):
-    workdir, configfile, config = hub_run
-    planned = planned_outputs(workdir, configfile, "results/data/report.json")
+def test_the_data_stage_fetches_hub_datasets_and_prepares_decontaminated_shards(hub_prepared):
+    workdir, configfile, config, planned = hub_prepared
     assert planned["fetch_dataset"] == {f"results/data/raw/{name}.parquet" for name in ["deepscaler"] + BENCHMARKS}
-    _run_data_stage(workdir, configfile)
+    assert planned_outputs(workdir, configfile, "results/data/report.json") == {}  # the copy is up to date
     report = json.loads((workdir / "results" / "data" / "report.json").read_text())
     dropped = report["train"]["sources"]["deepscaler"]["dropped"]
     assert dropped == {"no_problem": 0, "no_answer": 1, "unusable_answer": 0, "too_long": 1, "duplicate": 1, "contaminated": {"aime24": 1}}
@@ -277,9 +306,8 @@ def test_the_data_stage_fetches_hub_datasets_and_prepares_decontaminated_shards(
     assert all(after[name] == rows for name, rows in before.items())
 
 
-def test_a_bad_column_mapping_fails_the_data_stage_naming_key_and_file_and_keeps_the_fetched_data(hub_run):
-    workdir, configfile, config = hub_run
-    _run_data_stage(workdir, configfile)
+def test_a_bad_column_mapping_fails_the_data_stage_naming_key_and_file_and_keeps_the_fetched_data(hub_prepared):
+    workdir, configfile, config, _ = hub_prepared
     config["data"]["datasets"]["amc23"]["columns"] = {"problem": "prompt"}
     configfile.write_text(yaml.safe_dump(config))
     result = snakemake(workdir, configfile, "results/data/report.json", timeout=600)

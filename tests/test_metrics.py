@@ -1,13 +1,13 @@
 import copy
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
+from helpers.workflow import cli_process
 from mathsft.generate import derive_request_seed
 from mathsft.io import EVAL_SCHEMA, write_parquet
 from mathsft.metrics import (EVAL_JSON_SCHEMA, LEVELS_HEADING, benchmark_metrics, check_document, eval_document,
@@ -185,9 +185,9 @@ def test_summarize_eval_writes_a_valid_eval_json_and_prints_both_tables(tmp_path
                 for r in _rows({"a": [1, 0, 0, 1], "b": [0, 0, 0, 1]})]
         write_parquet(rows, tmp_path / f"{label}.parquet", EVAL_SCHEMA)
         inputs.append(str(tmp_path / f"{label}.parquet"))
-    result = subprocess.run([sys.executable, SUMMARIZE, "--inputs", *inputs, "--output",
-                             str(tmp_path / "eval.json"), "--pass_k", "1", "2", "4", "--seed", "0",
-                             "--config_hash", "0123456789abcdef"], capture_output=True, text=True)
+    result = cli_process([sys.executable, SUMMARIZE, "--inputs", *inputs, "--output",
+                          str(tmp_path / "eval.json"), "--pass_k", "1", "2", "4", "--seed", "0",
+                          "--config_hash", "0123456789abcdef"])
     assert result.returncode == 0, result.stderr
     document = json.loads((tmp_path / "eval.json").read_text())
     assert schema_errors(document) == []
@@ -196,8 +196,8 @@ def test_summarize_eval_writes_a_valid_eval_json_and_prints_both_tables(tmp_path
     assert document["comparison_methods"]["seed"] == 0
     assert "pass@1 (%) ± stderr" in result.stdout and "maj@4" in result.stdout
     assert "paired comparisons" in result.stdout and "[+0.0, +0.0]" in result.stdout
-    wrong_seed = subprocess.run([sys.executable, SUMMARIZE, "--inputs", *inputs, "--output",
-                                 str(tmp_path / "other.json"), "--seed", "5"], capture_output=True, text=True)
+    wrong_seed = cli_process([sys.executable, SUMMARIZE, "--inputs", *inputs, "--output",
+                              str(tmp_path / "other.json"), "--seed", "5"])
     assert wrong_seed.returncode != 0 and "base seed 5" in wrong_seed.stderr
     assert not (tmp_path / "other.json").exists()
 
@@ -308,11 +308,11 @@ def test_an_evaluation_resumed_from_samples_stored_before_metadata_existed_gives
          "prompt_tokens": 5, "completion_tokens": 3, "model": "org/model", "served_model_name": None,
          "prompt_template": "boxed_cot_v1", "api": "chat", "temperature": 0.6, "top_p": 0.95, "max_tokens": 16,
          "seed": derive_request_seed(0, row["problem_id"], 0), "latency_s": 0.1} for index, row in enumerate(old_rows)])
-    result = subprocess.run([sys.executable, RUN_SFT_MODEL, "--no-score",
-                             "--model", "org/model", "--label", "student", "--benchmarks", str(bench), "--output",
-                             str(output), "--samples_per_problem", "1", "--temperature", "0.6", "--top_p", "0.95",
-                             "--max_tokens", "16", "--seed", "0",
-                             "--health_timeout_s", "1"], capture_output=True, text=True, timeout=300)
+    result = cli_process([sys.executable, RUN_SFT_MODEL, "--no-score",
+                          "--model", "org/model", "--label", "student", "--benchmarks", str(bench), "--output",
+                          str(output), "--samples_per_problem", "1", "--temperature", "0.6", "--top_p", "0.95",
+                          "--max_tokens", "16", "--seed", "0",
+                          "--health_timeout_s", "1"], timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "no server needed" in result.stderr
     rows = pq.read_table(output).to_pylist()

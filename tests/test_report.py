@@ -17,7 +17,7 @@ from mathsft.generate import derive_request_seed
 from mathsft.io import EVAL_SCHEMA, write_parquet
 from mathsft.metrics import schema_errors
 from mathsft.report import funnel_steps, read_train_metrics
-from helpers.workflow import REPO, edited_config, planned_outputs
+from helpers.workflow import REPO, cli_process, edited_config, planned_outputs
 
 MODELS = ("student", "sft")
 BENCHMARKS = ("basic_arithmetic", "chain_sum")
@@ -56,6 +56,17 @@ def _eval_rows(model: str, bench: str, problems: int = 3, samples: int = 4) -> l
     return rows
 
 
+def _script(name: str, *args: str) -> subprocess.CompletedProcess:
+    """`python scripts/NAME.py ARGS...`, its output captured (forked from the tests' zygote: helpers/workflow.py)."""
+    return cli_process([sys.executable, str(REPO / "scripts" / name), *args])
+
+
+def _checked_script(name: str, *args: str) -> subprocess.CompletedProcess:
+    result = _script(name, *args)
+    assert result.returncode == 0, f"{name} exited {result.returncode}:\n{result.stderr[-3000:]}"
+    return result
+
+
 def _synthetic_run(root: Path, training: bool = True) -> dict[str, list[str]]:
     """The result files a finished run leaves (eval parquet, eval.json, training metrics, stats.json), small."""
     results = root / "results"
@@ -64,11 +75,9 @@ def _synthetic_run(root: Path, training: bool = True) -> dict[str, list[str]]:
         path = results / "eval" / f"{model}.parquet"
         write_parquet([r for bench in BENCHMARKS for r in _eval_rows(model, bench)], path, EVAL_SCHEMA)
         samples.append(str(path))
-    summary = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "summarize_eval.py"), "--inputs", *samples, "--output",
-         str(results / "eval.json"), "--pass_k", "1", "2", "4", "--seed", "0", "--config_hash", "0123456789abcdef",
-         "--model_id", "sft=results/models/sft"],
-        capture_output=True, text=True, check=True)
+    summary = _checked_script(
+        "summarize_eval.py", "--inputs", *samples, "--output", str(results / "eval.json"), "--pass_k", "1", "2", "4",
+        "--seed", "0", "--config_hash", "0123456789abcdef", "--model_id", "sft=results/models/sft")
     assert "pass@1 (%) ± stderr" in summary.stdout
     args = {"--eval": [str(results / "eval.json")], "--samples": samples}
     if training:
@@ -102,22 +111,18 @@ def _cost_ledger(root: Path) -> str:
         (root / "benchmarks").mkdir(exist_ok=True)
         (root / "benchmarks" / f"{name}.tsv").write_text(header + row + "\n")
     output = root / "results" / "cost.json"
-    subprocess.run([sys.executable, str(REPO / "scripts" / "write_cost.py"),
-                    "--job", f"teacher:teacher 00000:0:{root}/benchmarks/teacher.tsv",
+    _checked_script("write_cost.py", "--job", f"teacher:teacher 00000:0:{root}/benchmarks/teacher.tsv",
                     f"train:train sft:0:{root}/benchmarks/train.tsv",
                     "--train_metrics", str(root / "results" / "train" / "sft" / "metrics.jsonl"),
                     "--curate_stats", str(root / "results" / "sft" / "stats.json"),
                     "--eval_json", str(root / "results" / "eval.json"),
-                    "--invocation_start_file", str(root / "no-start-file"), "--output", str(output)],
-                   capture_output=True, text=True, check=True)
+                    "--invocation_start_file", str(root / "no-start-file"), "--output", str(output))
     return str(output)
 
 
 def _make_report(args: dict[str, list[str]], output: Path) -> subprocess.CompletedProcess:
-    command = [sys.executable, str(REPO / "scripts" / "make_report.py"), "--output", str(output)]
-    for option, values in args.items():
-        command += [option, *values]
-    return subprocess.run(command, capture_output=True, text=True)
+    return _script("make_report.py", "--output", str(output), *(word for option, values in args.items()
+                                                                 for word in (option, *values)))
 
 
 @pytest.fixture(scope="module")
@@ -210,8 +215,7 @@ def _synthetic_eval_document(root: Path, models: tuple[str, ...]) -> Path:
         path = root / "eval" / f"{model}.parquet"
         write_parquet([r for bench in BENCHMARKS for r in _eval_rows(model, bench)], path, EVAL_SCHEMA)
         samples.append(str(path))
-    subprocess.run([sys.executable, str(REPO / "scripts" / "summarize_eval.py"), "--inputs", *samples, "--output",
-                    str(root / "eval.json"), "--seed", "0"], capture_output=True, text=True, check=True)
+    _checked_script("summarize_eval.py", "--inputs", *samples, "--output", str(root / "eval.json"), "--seed", "0")
     return root / "eval.json"
 
 

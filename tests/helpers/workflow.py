@@ -91,11 +91,11 @@ def snakemake_command(workdir: Path, configfile: Path, *args: str,
 
 
 class _Zygote:
-    """A process that has imported Snakemake's CLI once (2.5 s of imports: its persistence layer, pandas for the
-    SLURM plugin) and forks each run from there: tests/helpers/snakemake_zygote.py."""
+    """A process that has imported Snakemake's CLI (2.5 s of imports: its persistence layer, pandas for the SLURM
+    plugin) and the reporting scripts' libraries once, and forks each run from there: tests/helpers/zygote.py."""
 
     def __init__(self):
-        source = (Path(__file__).parent / "snakemake_zygote.py").read_text()
+        source = (Path(__file__).parent / "zygote.py").read_text()
         self.process = subprocess.Popen([sys.executable, "-c", source], stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, bufsize=0)
         self._buffer = b""
@@ -110,7 +110,7 @@ class _Zygote:
                 return None
             chunk = os.read(self.process.stdout.fileno(), 65536)
             if not chunk:
-                raise RuntimeError(f"the Snakemake zygote exited with {self.process.wait()}")
+                raise RuntimeError(f"the zygote exited with {self.process.wait()}")
             self._buffer += chunk
         line, self._buffer = self._buffer.split(b"\n", 1)
         return json.loads(line)
@@ -121,15 +121,18 @@ def _zygote() -> _Zygote:
     return _Zygote()
 
 
-def cli_process(command: list[str], cwd: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
-    """subprocess.run(command, capture_output=True, text=True, ...) for `python -m snakemake` command lines:
-    the same CLI, argv, folder and environment in a process of its own, forked from _zygote() instead of
-    importing Snakemake again. Its jobs are new processes, as with subprocess.run."""
-    assert command[:3] == SNAKEMAKE, command
+def cli_process(command: list[str], cwd: Path | None = None, env: dict[str, str] | None = None,
+                timeout: float = 600) -> subprocess.CompletedProcess:
+    """subprocess.run(command, capture_output=True, text=True, ...) for `python -m snakemake` and `python
+    scripts/NAME.py` command lines (by default in this folder and environment): the same arguments, folder and
+    environment in a process of its own, forked from _zygote() instead of importing Snakemake or the scripts'
+    libraries again. Its jobs are new processes, as with subprocess.run."""
+    assert command[0] == sys.executable and (command[1:3] == SNAKEMAKE[1:] or command[1].endswith(".py")), command
     zygote = _zygote()
-    with zygote.lock, tempfile.TemporaryDirectory(prefix="snakemake-cli-") as folder:
+    with zygote.lock, tempfile.TemporaryDirectory(prefix="zygote-cli-") as folder:
         stdout, stderr = Path(folder) / "stdout", Path(folder) / "stderr"
-        request = {"argv": command[3:], "cwd": str(cwd), "env": env, "stdout": str(stdout), "stderr": str(stderr)}
+        request = {"args": command[1:], "cwd": str(cwd or Path.cwd()), "env": dict(os.environ) if env is None else env,
+                   "stdout": str(stdout), "stderr": str(stderr)}
         zygote.process.stdin.write(json.dumps(request).encode() + b"\n")
         pid = zygote.answer(None)["pid"]
         status = zygote.answer(timeout)
