@@ -1,11 +1,12 @@
 """profiles/slurm against a real single-node SLURM cluster (Debian's slurmctld, slurmd and munge, brought up
 before this module's first cluster test and torn down after its last by tests/slurm/cluster.sh): the tiny
-config end to end through sbatch with the resources the profile asks for; a job cancelled with scancel,
+config end to end through sbatch with the resources the profile asks for, the SFT model alone evaluated (the
+student's and the teacher's evaluations are the same rule and job kind, run by the local whole run); a job cancelled with scancel,
 reported, and finished by the rerun; a job that fails once and is submitted again; the training launch
 (srun + torchrun) run for real on one node, and submitted for two nodes and read back from the controller;
 a job no node can take (reported with SLURM's reason within a minute, and cancelled, or refused by sbatch) and
-one waiting for a drained node (reported, then run). Every result of that run is compared with the local run of the same config (finished_run, conftest.py):
-two whole runs with the same seeds.
+one waiting for a drained node (reported, then run). Every result of that run is compared with the local run of
+the same config (finished_run, conftest.py): two whole runs with the same seeds.
 
 Needs root and the packages of tests/system_packages.sh: skipped without them, failed under CI=true."""
 
@@ -36,6 +37,8 @@ GPU_RULES = {"teacher", "evaluate", "train"}
 CPU_RULES = {"prepare_data", "reward", "curate", "score_eval", "eval_summary"}
 # Every job on GPUs: the node's fake GPUs make the requests schedulable; the jobs themselves see no CUDA.
 ONE_GPU_EACH = {"teacher.gpus": 1, "eval.gpus": 1, "train.gpus": 1, "train.launcher": "srun"}
+# The models the SLURM run evaluates: every stage runs, each evaluation is one more server start and sampling.
+EVALUATED = ["sft"]
 INJECTED = "injected failure: the first curate attempt"
 
 
@@ -133,7 +136,7 @@ def slurm_run(cluster, tmp_path_factory):
     rerun-incomplete), whose first curate attempt fails (injected)."""
     workdir = tmp_path_factory.mktemp("slurm_run")
     link_models(workdir)
-    config = edited_config(TINY, workdir / "slurm.yaml", **ONE_GPU_EACH)
+    config = edited_config(TINY, workdir / "slurm.yaml", **ONE_GPU_EACH, **{"eval.models": EVALUATED})
     env = job_env(fail_first_curate(workdir / "fault" / "bin", workdir / "fault" / "curate-failed-once"))
     command = slurm_snakemake(workdir, config)
     seconds = {}
@@ -167,7 +170,7 @@ def slurm_run(cluster, tmp_path_factory):
 def test_the_tiny_pipeline_runs_through_sbatch_and_writes_eval_json(slurm_run):
     workdir = slurm_run.workdir
     document = json.loads((workdir / "results" / "eval.json").read_text())
-    assert set(document["models"]) == {"student", "sft", "teacher"}
+    assert list(document["models"]) == EVALUATED
     for model in document["models"].values():
         assert set(model["benchmarks"]) == {"chain_sum", "basic_arithmetic"}
     assert (workdir / "results" / "report.html").is_file()  # a local rule, run where snakemake runs
@@ -189,9 +192,9 @@ def test_the_cost_ledger_counts_gpu_seconds_for_the_gpu_jobs_through_slurm(slurm
 def test_every_cluster_job_went_through_sbatch_with_the_profiles_resources(slurm_run):
     jobs = slurm_run.jobs
     per_rule = {rule: sum(job["rule"] == rule for job in jobs) for rule in GPU_RULES | CPU_RULES}
-    # Two shards, three evaluated models; plus the cancelled teacher job and the curate attempt that failed.
-    assert per_rule == {"prepare_data": 1, "teacher": 3, "reward": 2, "curate": 2, "train": 1, "evaluate": 3,
-                        "score_eval": 3, "eval_summary": 1}
+    # Two shards, one evaluated model; plus the cancelled teacher job and the curate attempt that failed.
+    assert per_rule == {"prepare_data": 1, "teacher": 3, "reward": 2, "curate": 2, "train": 1, "evaluate": 1,
+                        "score_eval": 1, "eval_summary": 1}
     assert {job["rule"] for job in jobs} == GPU_RULES | CPU_RULES  # no local rule, no prepare_model
     assert len({job["JobName"] for job in jobs}) == 2  # one SLURM run id per snakemake run
     for job in jobs:
@@ -248,9 +251,10 @@ def test_training_runs_as_srun_and_torchrun_inside_its_job(slurm_run, cluster):
     assert summary["steps"] > 0
 
 
-def run_results(workdir: Path) -> dict[str, object]:
+def run_results(workdir: Path, labels: list[str]) -> dict[str, object]:
     """What a run computed, stage by stage, without its timings: teacher samples, curated rows, training
-    losses and gradient norms, the exported weights, evaluation samples, and eval.json's metrics."""
+    losses and gradient norms, the exported weights, and the evaluation samples and eval.json's metrics of the
+    models `labels`."""
     import hashlib
 
     results = workdir / "results"
@@ -265,8 +269,8 @@ def run_results(workdir: Path) -> dict[str, object]:
                                for r in pq.read_table(results / "sft" / "train.parquet").to_pylist()],
         "training losses": [(s["step"], s.get("loss"), s.get("grad_norm"), s.get("val_loss")) for s in steps],
         "exported weights": hashlib.sha256((results / "models" / "sft" / "model.safetensors").read_bytes()).hexdigest(),
-        "evaluation samples": {label: samples([results / "eval" / f"{label}.parquet"]) for label in document["models"]},
-        "eval.json metrics": {label: model["benchmarks"] for label, model in document["models"].items()},
+        "evaluation samples": {label: samples([results / "eval" / f"{label}.parquet"]) for label in labels},
+        "eval.json metrics": {label: document["models"][label]["benchmarks"] for label in labels},
     }
 
 
@@ -274,8 +278,8 @@ def test_a_second_whole_run_with_the_same_seeds_reproduces_every_result(slurm_ru
     """Two whole runs of the tiny config with the same seeds: the local one (finished_run) and this one,
     through SLURM, with a teacher job cancelled and sampled again and a curate job failed and retried. Every
     seeded stage gives the same result: vLLM sampling, scoring, curation, DeepSpeed training on CPU (the same
-    weights, byte for byte) and evaluation, so eval.json's metrics are identical."""
-    local, cluster_run = run_results(finished_run[0]), run_results(slurm_run.workdir)
+    weights, byte for byte) and the SFT model's evaluation, so its eval.json metrics are identical."""
+    local, cluster_run = run_results(finished_run[0], EVALUATED), run_results(slurm_run.workdir, EVALUATED)
     assert local["teacher samples"] and local["curated train rows"] and local["training losses"]
     differ = [name for name in local if local[name] != cluster_run[name]]
     assert differ == [], {name: (local[name], cluster_run[name]) for name in differ}
