@@ -225,11 +225,16 @@ def test_every_hub_dataset_in_the_catalog_pins_the_commit_its_local_copy_stands_
     assert set(hub) == {"deepscaler", *BENCHMARKS}  # write_hub_copies makes one copy of each
 
 
-def hub_setup(top, environment) -> tuple:
-    """A working directory under `top` whose config reads local copies of the hub datasets (source: hub), with
-    the datasets cache in `top` (set through `environment`, a MonkeyPatch), kept out of the user's."""
+def use_datasets_cache(top, environment) -> None:
+    """The datasets cache in `top` (set through `environment`, a MonkeyPatch), kept out of the user's, offline."""
     environment.setenv("HF_HOME", str(top / "hf"))
     environment.setenv("HF_DATASETS_OFFLINE", "1")
+
+
+def hub_setup(top, environment) -> tuple:
+    """A working directory under `top` whose config reads local copies of the hub datasets (source: hub), with
+    the datasets cache in `top` (use_datasets_cache)."""
+    use_datasets_cache(top, environment)
     datasets = write_hub_copies(top / "hub")
     config = {"data": {"source": "hub", "train_sets": ["deepscaler"], "benchmarks": BENCHMARKS, "datasets": datasets,
                        "num_samples": 24, "shard_size": 8, "decontamination_ngram": 8, "max_problem_chars": 2000},
@@ -261,8 +266,7 @@ def hub_prepared(hub_data_stage, tmp_path, monkeypatch):
     """A copy of the module's finished data stage (file times and Snakemake's records kept, so nothing in it is
     stale) with a config of its own to edit, reading the module's hub copies: what hub_run is after a run."""
     top, planned = hub_data_stage
-    monkeypatch.setenv("HF_HOME", str(top / "hf"))
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    use_datasets_cache(top, monkeypatch)
     shutil.copytree(top / "run", tmp_path / "run", symlinks=True)
     configfile = tmp_path / "hub.yaml"
     shutil.copy2(top / "hub.yaml", configfile)
