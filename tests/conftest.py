@@ -22,12 +22,13 @@ MODEL_CACHE = Path(os.environ.get("MATHSFT_TEST_MODELS", REPO / ".cache" / "mode
 # alone on its cores is about 20% faster spinning.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # Under pytest-xdist (pyproject.toml: two workers, whole files each) these go first, slowest first; the rest follow
-# in collection order. tests/endpoint/ goes to one worker as one unit: its files share one vLLM server. So do the
-# two SLURM modules: their test clusters share /etc/slurm/slurm.conf and ports, one is up at a time. The end-to-end
-# units come first, then the slowest files of the quick loop (pytest -m "not e2e": 45, 27, 24, 17 and 13 s of its
-# 180 s on 2026-12-05), so that the last file a worker takes is a short one.
-SLOWEST_FIRST = ("tests/test_slurm.py", "tests/test_pipeline.py", "tests/endpoint", "tests/test_train_run.py",
-                 "tests/test_signals.py", "tests/test_serve.py", "tests/test_offline_jobs.py",
+# in collection order. tests/endpoint/ goes to one worker as one unit: its files share one vLLM server (a test that
+# starts a larger server of its own stays out of that folder: two there and two on the other worker ran the 24 GB
+# machine out of memory). So do the two SLURM modules: their test clusters share /etc/slurm/slurm.conf and ports,
+# one is up at a time. The end-to-end units come first, then the slowest files of the quick loop (pytest -m
+# "not e2e": 45, 27, 24, 17 and 13 s of its 180 s on 2026-12-05), so that the last file a worker takes is short.
+SLOWEST_FIRST = ("tests/test_slurm.py", "tests/test_pipeline.py", "tests/endpoint", "tests/test_reasoning_teacher.py",
+                 "tests/test_train_run.py", "tests/test_signals.py", "tests/test_serve.py", "tests/test_offline_jobs.py",
                  "tests/test_data_sources.py", "tests/test_workflow.py", "tests/test_report.py",
                  "tests/test_hub_models.py", "tests/test_reward.py")
 
@@ -81,13 +82,14 @@ def store_file(output: Path) -> Path:
 
 
 def keyed_server(model_dir: Path, log: Path, api_key: str, served_model_name: str = "m", extra_args=()):
-    """A real vLLM server with the embedded default's CPU settings (and `extra_args`) that demands `api_key`: a
-    stand-in for a server a user runs (ManagedServer, used as a context manager)."""
+    """A real vLLM server with the tiny config's CPU settings (1 GB of KV cache: two of these and the other worker's
+    two fit the 24 GB machine) and `extra_args` that demands `api_key`: a stand-in for a server a user runs
+    (ManagedServer, used as a context manager)."""
     import yaml
 
     from mathsft.serve import ManagedServer
 
-    server = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["server"]
+    server = yaml.safe_load(TINY.read_text())["server"]
     return ManagedServer(str(model_dir), served_model_name, log, args=[*server["args"], *extra_args],
                          env=server["env"], health_timeout_s=300, api_key=api_key)
 

@@ -1,7 +1,7 @@
 """One real vLLM server for every test in this folder, started once (a start takes about a minute here): a server
 as a user runs it by hand, which the tests reach as an external endpoint. The small student stands in for the
 teacher, served from a folder whose path has a space and a quote, under a name of its own that differs from its
-path, with the embedded default's CPU settings, behind a key."""
+path, with the tiny config's CPU settings, behind a key."""
 
 from __future__ import annotations
 

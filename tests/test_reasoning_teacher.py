@@ -11,7 +11,6 @@ import json
 
 import pytest
 from conftest import TINY, keyed_server
-from endpoint.conftest import API_KEY
 from helpers.reasoning_model import reasoning_copy
 from helpers.workflow import edited_config, snakemake
 
@@ -20,6 +19,7 @@ from mathsft.turns import sft_text, split_turn
 
 pytestmark = pytest.mark.e2e
 TARGETS = ("results/sft/train.parquet", "results/eval/teacher.parquet")
+API_KEY = "mathsft-reasoning-teacher-key-41d7"
 KEY_ENV = {"MATHSFT_TEST_TEACHER_KEY": API_KEY}
 
 
@@ -51,8 +51,9 @@ def run_teacher(tmp_path, model, parser: bool) -> dict[str, list[dict]]:
 
 def test_a_reasoning_teachers_turn_is_the_same_sft_text_and_score_with_the_parser_on_or_off(tmp_path, teacher_dir):
     model = reasoning_copy(teacher_dir, tmp_path / "reasoner")
-    # One server after the other: with this folder's server up and the other worker's, a third and fourth vLLM
-    # server (about 6 GB each) ran the 24 GB machine out of memory and the kernel killed one mid-run.
+    # One server after the other, in a file of its own (not in tests/endpoint/, whose user's server stays up for the
+    # whole folder): beside that server and the SLURM run's two teacher shards on the other worker, this test's
+    # server (6.1 GB) was the fourth, and the kernel killed it mid-run when the 24 GB machine ran out of memory.
     on, off = (run_teacher(tmp_path, model, parser) for parser in (True, False))
     key = lambda row: (row["problem_id"], row["sample_index"])  # noqa: E731
     for rows in (*on.values(), *off.values()):
