@@ -9,6 +9,8 @@ import os
 import shutil
 from pathlib import Path
 
+from mathsft.rank_logs import EVERY_RANK
+
 log = logging.getLogger(__name__)
 
 
@@ -32,7 +34,7 @@ class Checkpoints:
             log.warning("checkpoints in %s are for other settings or data: starting over", self.folder)
             return 0
         _, client_state = engine.load_checkpoint(str(self.folder))
-        log.info("resumed from %s at step %d", self.folder, client_state["step"])
+        log.info("resumed from %s at step %d", self.folder, client_state["step"], extra=EVERY_RANK)
         return int(client_state["step"])
 
     def prepare(self, resumed_step: int) -> None:

@@ -101,6 +101,7 @@ def _init_distributed():
     """One process without a launcher gets the environment torch.distributed expects."""
     import deepspeed
 
+    from mathsft.rank_logs import log_as_rank
     from mathsft.native_ops import refuse_unlinkable_builds, skip_unused_ops
     from mathsft.ports import free_port
 
@@ -114,6 +115,7 @@ def _init_distributed():
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     if world_size > 1:  # which process runs where: the first thing to know when a multi-node run goes wrong
         log.info("rank %d of %d on %s (local rank %s)", rank, world_size, socket.gethostname(), os.environ["LOCAL_RANK"])
+    log_as_rank(rank)
     return rank, world_size
 
 

@@ -129,6 +129,8 @@ def test_training_runs_across_both_nodes_from_one_sbatch(trainings, two_nodes):
         steps = re.findall(rf"launch task StepId={job['JobId']}\.(\d+)", (two_nodes / f"slurmd-{node}.log").read_text())
         assert steps == (["0", "1"] if node == "node1" else ["1"]), (node, steps)
     assert ranks_by_node(workdir) == {"0": "node1", "1": "node2"}
+    # Each rank says where it runs; only the first logs the steps: one line each, not one per rank.
+    assert re.findall(r"INFO step (\d+)/6 ", train_log(workdir)) == ["1", "2", "3", "4", "5", "6"]
 
 
 def test_two_nodes_train_as_one_node_with_the_same_processes_and_batch(trainings):
@@ -176,8 +178,10 @@ def test_a_two_node_training_cancelled_after_a_checkpoint_resumes_on_both_nodes_
     train(workdir, config)
     (rerun,) = train_jobs(before)
     assert rerun["NodeList"] == "node[1-2]"
-    resumed = re.findall(r"INFO resumed from \S+ at step (\d+)", train_log(workdir))
-    assert resumed == [str(saved)] * 2 and ranks_by_node(workdir) == {"0": "node1", "1": "node2"}
+    # Each rank says where it resumed from (the second naming its rank; it logs no step line).
+    resumed = re.findall(r"INFO (rank 1: )?resumed from \S+ at step (\d+)", train_log(workdir))
+    assert sorted(resumed) == [("", str(saved)), ("rank 1: ", str(saved))], resumed
+    assert ranks_by_node(workdir) == {"0": "node1", "1": "node2"}
     summary = json.loads((workdir / "results" / "train" / "sft" / "summary.json").read_text())
     assert (summary["resumed_from_step"], summary["steps"]) == (saved, 6)
     whole, _ = trainings["two nodes"]

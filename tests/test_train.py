@@ -1,11 +1,14 @@
+import io
 import json
 import logging
 import math
+import re
 
 import pytest
 
 from helpers.workflow import load_script
 from mathsft.checkpoints import Checkpoints
+from mathsft.rank_logs import EVERY_RANK, log_as_rank
 from mathsft.train import TrainingDiverged, check_finite, cosine_with_warmup
 from mathsft.train_settings import ConfigError, TrainConfig, check_config, deepspeed_config, run_fingerprint
 
@@ -212,3 +215,29 @@ def test_train_files_takes_several_and_one_keeps_the_config_and_fingerprint_it_h
     assert run_fingerprint(both) not in (before, run_fingerprint(one))
     with pytest.raises(ConfigError, match="train file missing.parquet does not exist"):
         check_config(settings("train.parquet", "missing.parquet"), 1, 4096, None)
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_only_the_first_process_logs_the_steps_and_the_others_warn_naming_their_rank(monkeypatch, rank):
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [handler])
+    level = root.level
+    root.setLevel(logging.INFO)
+    try:
+        log_as_rank(rank)
+        trainer = logging.getLogger("mathsft.train")
+        trainer.info("step 1/6 loss 1.2000")
+        trainer.warning("the checkpoint folder is nearly full")
+        logging.getLogger("mathsft.checkpoints").info("resumed from ckpt at step 3", extra=EVERY_RANK)
+    finally:
+        root.setLevel(level)
+    lines = stream.getvalue().splitlines()
+    if rank == 0:
+        assert lines == ["INFO step 1/6 loss 1.2000", "WARNING the checkpoint folder is nearly full",
+                         "INFO resumed from ckpt at step 3"]
+    else:
+        assert [re.sub(r"^\S+ \S+ ", "", line) for line in lines] == [
+            "WARNING rank 1: the checkpoint folder is nearly full", "INFO rank 1: resumed from ckpt at step 3"]
