@@ -9,6 +9,7 @@ import os
 
 from mathsft.generate import ClientSettings, Sampling
 from mathsft.hub_models import NotFetched, model_to_load, workflow_store
+from mathsft.rank_logs import LOG_FORMAT
 from mathsft.sampler import Sampler, ServerSettings
 from mathsft.serve import check_server_settings
 from mathsft.settings import add_dataclass_arguments, from_args
@@ -16,7 +17,7 @@ from mathsft.settings import add_dataclass_arguments, from_args
 
 def setup_logging() -> None:
     """One format for every script's log; the HTTP client's per-request lines are left out."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 

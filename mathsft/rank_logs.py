@@ -1,9 +1,12 @@
-"""What each process of a training run logs: the first everything, the others their warnings and their own lines."""
+"""How a script's log lines look, and what each process of a training run logs: the first everything, the others
+their warnings and their own lines."""
 
 from __future__ import annotations
 
 import logging
 
+# Every script's log line (mathsft.cli.setup_logging).
+LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 # extra= of a line that every process of a run logs, not only the first: what is its own (the step it resumed from).
 EVERY_RANK = {"every_rank": True}
 
@@ -15,4 +18,4 @@ def log_as_rank(rank: int) -> None:
         return
     for handler in logging.getLogger().handlers:
         handler.addFilter(lambda record: record.levelno >= logging.WARNING or getattr(record, "every_rank", False))
-        handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s rank {rank}: %(message)s"))
+        handler.setFormatter(logging.Formatter(LOG_FORMAT.replace("%(message)s", f"rank {rank}: %(message)s")))

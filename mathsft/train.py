@@ -101,9 +101,9 @@ def _init_distributed():
     """One process without a launcher gets the environment torch.distributed expects."""
     import deepspeed
 
-    from mathsft.rank_logs import log_as_rank
     from mathsft.native_ops import refuse_unlinkable_builds, skip_unused_ops
     from mathsft.ports import free_port
+    from mathsft.rank_logs import log_as_rank
 
     skip_unused_ops()  # before the backend is set up: that is where DeepSpeed builds its shared-memory op
     refuse_unlinkable_builds()
